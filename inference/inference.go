@@ -1,0 +1,131 @@
+// Package inference owns the Model interface, the registry of loaded models
+// and the model catalog. Models know nothing of MQTT, topics or transports:
+// they take a decoded input and return what they computed.
+package inference
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+)
+
+// Info describes a model for the catalog.
+type Info struct {
+	Name        string `json:"name"`
+	Version     string `json:"version"`
+	Description string `json:"description"`
+	// Input and Output are JSON Schemas of the model's input and output.
+	Input  json.RawMessage `json:"input_schema,omitempty"`
+	Output json.RawMessage `json:"output_schema,omitempty"`
+	// Cost is the tokens one request takes from the device's bucket.
+	Cost int `json:"cost"`
+	// Streaming is true when the model can answer with stream events.
+	Streaming bool   `json:"streaming"`
+	License   string `json:"license,omitempty"`
+	Source    string `json:"source,omitempty"`
+	// Unavailable is set, with the reason, when the model is known but cannot
+	// serve here (its runtime or weights are missing).
+	Unavailable string `json:"unavailable,omitempty"`
+}
+
+// Request is one inference call as a model sees it.
+type Request struct {
+	// Device is the id of the device that asked; models that keep state per
+	// device (streams of telemetry or audio) key it on this.
+	Device string
+	// Input is the model-specific input, raw JSON.
+	Input json.RawMessage
+	// Params are the model-specific options, raw JSON (may be nil).
+	Params json.RawMessage
+}
+
+// Model is a loaded model. Infer must be safe for concurrent use and must
+// respect ctx. It returns the output, which the transport encodes as JSON.
+type Model interface {
+	Info() Info
+	Infer(ctx context.Context, req Request) (any, error)
+}
+
+// Streamer is implemented by models that can stream partial results. emit
+// is called with each delta in order; the returned output ends the stream.
+type Streamer interface {
+	Model
+	InferStream(ctx context.Context, req Request, emit func(delta any) error) (any, error)
+}
+
+// InputError is returned by a model when the input is well-formed JSON but not
+// a valid input for it; transports answer it with 422 invalid_input.
+type InputError struct{ Msg string }
+
+func (e *InputError) Error() string { return e.Msg }
+
+// InvalidInput builds an *InputError with a formatted message.
+func InvalidInput(format string, args ...any) error {
+	return &InputError{Msg: fmt.Sprintf(format, args...)}
+}
+
+// IsInvalidInput reports whether err is (or wraps) an *InputError.
+func IsInvalidInput(err error) bool {
+	var ie *InputError
+	return errors.As(err, &ie)
+}
+
+// Registry holds the models a node serves, by name. The zero value is empty
+// and ready to use.
+type Registry struct {
+	mu     sync.RWMutex
+	models map[string]Model
+}
+
+// Register adds m under its Info().Name; a second model with the same name is an error.
+func (r *Registry) Register(m Model) error {
+	name := m.Info().Name
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.models == nil {
+		r.models = make(map[string]Model)
+	}
+	if _, dup := r.models[name]; dup {
+		return fmt.Errorf("model %q registered twice", name)
+	}
+	r.models[name] = m
+	return nil
+}
+
+// Get returns the model named name.
+func (r *Registry) Get(name string) (Model, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	m, ok := r.models[name]
+	return m, ok
+}
+
+// Names returns the registered model names, sorted.
+func (r *Registry) Names() []string {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	names := make([]string, 0, len(r.models))
+	for n := range r.models {
+		names = append(names, n)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// Catalog is the model catalog published on the models topic.
+type Catalog struct {
+	Models []Info `json:"models"`
+}
+
+// Catalog returns the Info of every registered model, sorted by name.
+func (r *Registry) Catalog() Catalog {
+	var c Catalog
+	for _, n := range r.Names() {
+		m, _ := r.Get(n)
+		c.Models = append(c.Models, m.Info())
+	}
+	return c
+}
