@@ -1,0 +1,173 @@
+// Package metrics owns the Prometheus collectors of mqttinfer. They are
+// registered on an explicit registry passed to New, never on the global one,
+// so tests and several services in one process do not interfere. A nil
+// *Metrics is valid and records nothing.
+package metrics
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Metrics holds the service's collectors.
+type Metrics struct {
+	requests   *prometheus.CounterVec
+	latency    *prometheus.HistogramVec
+	queueWait  prometheus.Histogram
+	rejected   *prometheus.CounterVec
+	throttled  *prometheus.CounterVec
+	queueDepth prometheus.Gauge
+	busy       prometheus.Gauge
+	connected  prometheus.Gauge
+	dropped    prometheus.Counter
+	dedup      prometheus.Counter
+	workerUp   *prometheus.GaugeVec
+}
+
+// New creates the collectors and registers them on reg.
+func New(reg prometheus.Registerer) *Metrics {
+	m := &Metrics{
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mqttinfer_requests_total",
+			Help: "Inference requests answered, by API version, model and status code (every reply, errors included).",
+		}, []string{"version", "model", "status"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "mqttinfer_inference_seconds",
+			Help:    "Time spent in the model per request, by model.",
+			Buckets: prometheus.ExponentialBuckets(0.00005, 2.5, 14),
+		}, []string{"model"}),
+		queueWait: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "mqttinfer_queue_wait_seconds",
+			Help:    "Time a request waited in the dispatch queue before a worker took it.",
+			Buckets: prometheus.ExponentialBuckets(0.00001, 3, 14),
+		}),
+		rejected: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mqttinfer_rejected_total",
+			Help: "Requests rejected before reaching a worker, by reason (the error type sent back).",
+		}, []string{"reason"}),
+		throttled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "mqttinfer_throttled_total",
+			Help: "Requests refused by a device's throttle, by reason (rate or in_flight).",
+		}, []string{"reason"}),
+		queueDepth: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mqttinfer_queue_depth",
+			Help: "Requests waiting in the in-process dispatch queue.",
+		}),
+		busy: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mqttinfer_workers_busy",
+			Help: "Workers running a request now.",
+		}),
+		connected: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "mqttinfer_connected_clients",
+			Help: "MQTT clients connected to the embedded broker.",
+		}),
+		dropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mqttinfer_replies_dropped_total",
+			Help: "Replies the broker dropped because a client's outbound queue was full.",
+		}),
+		dedup: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mqttinfer_duplicates_total",
+			Help: "Redelivered requests answered from the duplicate cache instead of running the model again.",
+		}),
+		workerUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "mqttinfer_worker_up",
+			Help: "1 while a worker transport is running and accepting requests, by transport.",
+		}, []string{"transport"}),
+	}
+	reg.MustRegister(m.requests, m.latency, m.queueWait, m.rejected, m.throttled,
+		m.queueDepth, m.busy, m.connected, m.dropped, m.dedup, m.workerUp)
+	return m
+}
+
+// Request counts one reply to a request.
+func (m *Metrics) Request(version, model string, status int) {
+	if m == nil {
+		return
+	}
+	m.requests.WithLabelValues(version, model, strconv.Itoa(status)).Inc()
+}
+
+// Inference records the time a model spent on one request, in seconds.
+func (m *Metrics) Inference(model string, seconds float64) {
+	if m == nil {
+		return
+	}
+	m.latency.WithLabelValues(model).Observe(seconds)
+}
+
+// QueueWait records the time a request waited for a worker, in seconds.
+func (m *Metrics) QueueWait(seconds float64) {
+	if m == nil {
+		return
+	}
+	m.queueWait.Observe(seconds)
+}
+
+// Rejected counts a request rejected before a worker, by error type.
+func (m *Metrics) Rejected(reason string) {
+	if m == nil {
+		return
+	}
+	m.rejected.WithLabelValues(reason).Inc()
+}
+
+// Throttled counts a throttle refusal, by reason.
+func (m *Metrics) Throttled(reason string) {
+	if m == nil {
+		return
+	}
+	m.throttled.WithLabelValues(reason).Inc()
+}
+
+// QueueDepth adds d to the queue depth gauge.
+func (m *Metrics) QueueDepth(d float64) {
+	if m == nil {
+		return
+	}
+	m.queueDepth.Add(d)
+}
+
+// Busy adds d to the busy workers gauge.
+func (m *Metrics) Busy(d float64) {
+	if m == nil {
+		return
+	}
+	m.busy.Add(d)
+}
+
+// Connected adds d to the connected clients gauge.
+func (m *Metrics) Connected(d float64) {
+	if m == nil {
+		return
+	}
+	m.connected.Add(d)
+}
+
+// Dropped counts a reply dropped by the broker.
+func (m *Metrics) Dropped() {
+	if m == nil {
+		return
+	}
+	m.dropped.Inc()
+}
+
+// Duplicate counts a redelivered request answered from the cache.
+func (m *Metrics) Duplicate() {
+	if m == nil {
+		return
+	}
+	m.dedup.Inc()
+}
+
+// WorkerUp sets whether the named worker transport is up.
+func (m *Metrics) WorkerUp(transport string, up bool) {
+	if m == nil {
+		return
+	}
+	v := 0.0
+	if up {
+		v = 1
+	}
+	m.workerUp.WithLabelValues(transport).Set(v)
+}
