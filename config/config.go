@@ -1,0 +1,302 @@
+// Package config is the single place where every mqttinfer option is defined,
+// defaulted, validated and documented.
+//
+// The effective configuration is built by Load from, in rising precedence:
+// the defaults (Default), a YAML file, MQTTINFER_* environment variables, and
+// the command-line flags registered by BindFlags that were set. Validate
+// checks the result; YAML renders it back in the file's own format. The
+// option table in options.go is the one source of the flags, the environment
+// variable names and REFERENCE.md.
+package config
+
+import (
+	"io"
+	"log/slog"
+	"os"
+	"runtime"
+	"time"
+
+	"github.com/mqttinfer/mqttinfer/topics"
+)
+
+// Config is the whole configuration of an mqttinfer process. Field tags give
+// the YAML keys; nested keys are joined with "." in messages and with "_" in
+// environment variable names (mqtt.tcp_addr is MQTTINFER_MQTT_TCP_ADDR).
+type Config struct {
+	// Node is this process's node id, used in the status topic and in the
+	// remote worker's default client id. Default: the host name sanitised to
+	// [A-Za-z0-9._-], at most 64 bytes.
+	Node string `mapstructure:"node" yaml:"node"`
+	// Prefix is the topic prefix of the service. Default "mqttinfer".
+	Prefix string `mapstructure:"prefix" yaml:"prefix"`
+	// LogLevel is debug, info, warn or error. Default info.
+	LogLevel string `mapstructure:"log_level" yaml:"log_level"`
+	// LogFormat is text or json. Default text.
+	LogFormat string `mapstructure:"log_format" yaml:"log_format"`
+
+	MQTT     MQTT     `mapstructure:"mqtt" yaml:"mqtt"`
+	HTTP     HTTP     `mapstructure:"http" yaml:"http"`
+	Auth     Auth     `mapstructure:"auth" yaml:"auth"`
+	Throttle Throttle `mapstructure:"throttle" yaml:"throttle"`
+	Worker   Worker   `mapstructure:"worker" yaml:"worker"`
+	Remote   Remote   `mapstructure:"remote" yaml:"remote"`
+	Models   Models   `mapstructure:"models" yaml:"models"`
+}
+
+// MQTT configures the embedded broker.
+type MQTT struct {
+	// TCPAddr is the MQTT-over-TCP listener (host:port); "" disables it.
+	TCPAddr string `mapstructure:"tcp_addr" yaml:"tcp_addr"`
+	// WSAddr is the MQTT-over-WebSocket listener (host:port); "" disables it.
+	WSAddr string `mapstructure:"ws_addr" yaml:"ws_addr"`
+	// MaxPacketSize is the largest MQTT packet the broker reads, in bytes.
+	MaxPacketSize int `mapstructure:"max_packet_size" yaml:"max_packet_size"`
+	// MaxRequestSize is the largest request payload, in bytes; larger
+	// requests are answered 413. At most MaxPacketSize.
+	MaxRequestSize int `mapstructure:"max_request_size" yaml:"max_request_size"`
+	// MaxClientWritesPending is the per-client outbound queue length, in messages.
+	MaxClientWritesPending int `mapstructure:"max_client_writes_pending" yaml:"max_client_writes_pending"`
+	// MaxClients limits connected clients; 0 means unlimited.
+	MaxClients int `mapstructure:"max_clients" yaml:"max_clients"`
+	// SessionExpiry is the longest a disconnected persistent session is kept.
+	SessionExpiry time.Duration `mapstructure:"session_expiry" yaml:"session_expiry"`
+}
+
+// HTTP configures the HTTP gateway (/healthz, /readyz, /metrics, REST + SSE).
+type HTTP struct {
+	// Addr is the HTTP listener (host:port); "" disables it.
+	Addr string `mapstructure:"addr" yaml:"addr"`
+}
+
+// Auth configures client authentication on the embedded broker.
+type Auth struct {
+	// Enabled requires every MQTT client to log in with a credential from
+	// CredentialsFile. Off is the open development mode.
+	Enabled bool `mapstructure:"enabled" yaml:"enabled"`
+	// CredentialsFile is the path of the credentials file (see LoadCredentials).
+	CredentialsFile string `mapstructure:"credentials_file" yaml:"credentials_file"`
+}
+
+// Throttle configures the per-device token buckets.
+type Throttle struct {
+	// Enabled turns throttling on in the embedded broker.
+	Enabled bool `mapstructure:"enabled" yaml:"enabled"`
+	// Rate is the refill rate of each device's bucket, in tokens per second.
+	Rate float64 `mapstructure:"rate" yaml:"rate"`
+	// Burst is the bucket size, in tokens.
+	Burst int `mapstructure:"burst" yaml:"burst"`
+	// MaxInFlight is how many requests of one device may be in progress at once.
+	MaxInFlight int `mapstructure:"max_in_flight" yaml:"max_in_flight"`
+	// IdleTTL is how long an unused device bucket is kept.
+	IdleTTL time.Duration `mapstructure:"idle_ttl" yaml:"idle_ttl"`
+	// Overrides set other limits for devices whose id matches a pattern;
+	// the first matching override applies.
+	Overrides []ThrottleOverride `mapstructure:"overrides" yaml:"overrides"`
+}
+
+// ThrottleOverride sets limits for the devices whose id matches Pattern.
+// A zero Rate, Burst or MaxInFlight inherits the value from Throttle.
+type ThrottleOverride struct {
+	// Pattern is a path.Match glob on the device id, e.g. "cam-*".
+	Pattern string `mapstructure:"pattern" yaml:"pattern"`
+	// Rate in tokens per second; 0 inherits throttle.rate.
+	Rate float64 `mapstructure:"rate" yaml:"rate"`
+	// Burst in tokens; 0 inherits throttle.burst.
+	Burst int `mapstructure:"burst" yaml:"burst"`
+	// MaxInFlight in requests; 0 inherits throttle.max_in_flight.
+	MaxInFlight int `mapstructure:"max_in_flight" yaml:"max_in_flight"`
+	// Costs maps model name to tokens per request for these devices,
+	// replacing models.costs and the model's own cost for the models listed.
+	Costs map[string]int `mapstructure:"costs" yaml:"costs"`
+}
+
+// Worker configures the in-process worker pool of `mqttinfer serve`.
+type Worker struct {
+	// InProcess makes the embedded broker hand requests to an in-process pool.
+	InProcess bool `mapstructure:"in_process" yaml:"in_process"`
+	// Concurrency is the number of inferences run at once; 0 means
+	// 2 × GOMAXPROCS (see PoolSize).
+	Concurrency int `mapstructure:"concurrency" yaml:"concurrency"`
+	// QueueSize is how many requests may wait for the pool; a full queue
+	// answers 503 overloaded.
+	QueueSize int `mapstructure:"queue_size" yaml:"queue_size"`
+	// DefaultDeadline applies to requests that set no deadline_ms.
+	DefaultDeadline time.Duration `mapstructure:"default_deadline" yaml:"default_deadline"`
+	// MaxDeadline caps a request's deadline_ms.
+	MaxDeadline time.Duration `mapstructure:"max_deadline" yaml:"max_deadline"`
+}
+
+// PoolSize is the effective number of concurrent inferences: Concurrency, or
+// 2 × GOMAXPROCS when it is 0.
+func (w Worker) PoolSize() int { return poolSize(w.Concurrency) }
+
+// Remote configures `mqttinfer worker`, a worker that connects to any MQTT
+// broker and takes requests through a shared subscription.
+type Remote struct {
+	// Broker is the broker URL, e.g. "tcp://127.0.0.1:1883".
+	Broker string `mapstructure:"broker" yaml:"broker"`
+	// Group is the shared-subscription group the workers split requests in.
+	Group string `mapstructure:"group" yaml:"group"`
+	// ClientID is the worker's MQTT client id; Load and Default fill in
+	// "mqttinfer-worker-<node>" (cut to 64 bytes) when it is empty.
+	ClientID string `mapstructure:"client_id" yaml:"client_id"`
+	// Username for the broker, if it needs one.
+	Username string `mapstructure:"username" yaml:"username"`
+	// Password for the broker; YAML shows it as "***".
+	Password string `mapstructure:"password" yaml:"password"`
+	// Throttle enforces the throttle.* limits in the worker, for brokers
+	// that do not run mqttinfer's broker hooks.
+	Throttle bool `mapstructure:"throttle" yaml:"throttle"`
+	// Concurrency is the number of inferences run at once; 0 means
+	// 2 × GOMAXPROCS (see PoolSize).
+	Concurrency int `mapstructure:"concurrency" yaml:"concurrency"`
+	// DedupTTL is how long a request id is remembered so that a redelivered
+	// request is answered from cache instead of being run again.
+	DedupTTL time.Duration `mapstructure:"dedup_ttl" yaml:"dedup_ttl"`
+}
+
+// PoolSize is the effective number of concurrent inferences: Concurrency, or
+// 2 × GOMAXPROCS when it is 0.
+func (r Remote) PoolSize() int { return poolSize(r.Concurrency) }
+
+// Models configures the models.
+type Models struct {
+	// Costs maps model name to tokens per request, replacing the model's own cost.
+	Costs map[string]int `mapstructure:"costs" yaml:"costs"`
+	// Anomaly configures the anomaly model.
+	Anomaly Anomaly `mapstructure:"anomaly" yaml:"anomaly"`
+}
+
+// Anomaly configures the streaming anomaly-detection model.
+type Anomaly struct {
+	// MaxSeries is the most (device, sensor) series tracked at once.
+	MaxSeries int `mapstructure:"max_series" yaml:"max_series"`
+	// IdleTTL is how long a series without samples is kept.
+	IdleTTL time.Duration `mapstructure:"idle_ttl" yaml:"idle_ttl"`
+}
+
+// Default returns the built-in defaults. They validate (with any model list).
+func Default() Config {
+	c := defaults()
+	c.resolve()
+	return c
+}
+
+// defaults are the defaults as Load layers them: derived values (the remote
+// client id) are left empty so that they follow a node set later.
+func defaults() Config {
+	return Config{
+		Node:      hostNode(),
+		Prefix:    topics.DefaultPrefix,
+		LogLevel:  "info",
+		LogFormat: "text",
+		MQTT: MQTT{
+			TCPAddr:                "127.0.0.1:1883",
+			WSAddr:                 "127.0.0.1:1882",
+			MaxPacketSize:          256 << 10,
+			MaxRequestSize:         64 << 10,
+			MaxClientWritesPending: 256,
+			MaxClients:             0,
+			SessionExpiry:          time.Hour,
+		},
+		HTTP: HTTP{Addr: "127.0.0.1:8080"},
+		Auth: Auth{Enabled: false},
+		Throttle: Throttle{
+			Enabled:     true,
+			Rate:        5,
+			Burst:       10,
+			MaxInFlight: 4,
+			IdleTTL:     10 * time.Minute,
+		},
+		Worker: Worker{
+			InProcess:       true,
+			Concurrency:     0,
+			QueueSize:       1024,
+			DefaultDeadline: 5 * time.Second,
+			MaxDeadline:     60 * time.Second,
+		},
+		Remote: Remote{
+			Broker:   "tcp://127.0.0.1:1883",
+			Group:    "mqttinfer",
+			DedupTTL: 2 * time.Minute,
+		},
+		Models: Models{
+			Anomaly: Anomaly{MaxSeries: 100000, IdleTTL: time.Hour},
+		},
+	}
+}
+
+// resolve fills in values derived from others and normalises empty
+// collections to nil, so that equal configurations compare equal.
+func (c *Config) resolve() {
+	if c.Remote.ClientID == "" {
+		c.Remote.ClientID = clip("mqttinfer-worker-"+c.Node, topics.MaxIDLen)
+	}
+	if len(c.Models.Costs) == 0 {
+		c.Models.Costs = nil
+	}
+	if len(c.Throttle.Overrides) == 0 {
+		c.Throttle.Overrides = nil
+	}
+	for i := range c.Throttle.Overrides {
+		if len(c.Throttle.Overrides[i].Costs) == 0 {
+			c.Throttle.Overrides[i].Costs = nil
+		}
+	}
+}
+
+// Logger returns a slog.Logger writing to w with the configured level and
+// format. Values Validate would reject fall back to info and text.
+func (c Config) Logger(w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: logLevels[c.LogLevel]}
+	if c.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+var logLevels = map[string]slog.Level{
+	"debug": slog.LevelDebug,
+	"info":  slog.LevelInfo,
+	"warn":  slog.LevelWarn,
+	"error": slog.LevelError,
+}
+
+func poolSize(n int) int {
+	if n > 0 {
+		return n
+	}
+	return 2 * runtime.GOMAXPROCS(0)
+}
+
+// hostNode is the default node id: the host name made into a valid id.
+func hostNode() string {
+	h, err := os.Hostname()
+	if err != nil {
+		h = ""
+	}
+	return sanitizeID(h)
+}
+
+// sanitizeID turns s into a valid topics id: characters outside
+// [A-Za-z0-9._-] become '-', and the result is cut to topics.MaxIDLen bytes.
+// An empty result becomes "mqttinfer".
+func sanitizeID(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			b[i] = '-'
+		}
+	}
+	if len(b) == 0 {
+		return topics.DefaultPrefix
+	}
+	return clip(string(b), topics.MaxIDLen)
+}
+
+func clip(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}

@@ -1,0 +1,220 @@
+package config
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/spf13/pflag"
+)
+
+// EnvPrefix starts the name of every environment variable Load reads.
+const EnvPrefix = "MQTTINFER"
+
+// EnvConfigFile names the environment variable that can give the config file
+// path when the --config flag is not set.
+const EnvConfigFile = EnvPrefix + "_CONFIG"
+
+// FlagConfig is the name of the flag that gives the config file path.
+const FlagConfig = "config"
+
+// DefaultFile is the config file Load reads when no path is given and it exists.
+const DefaultFile = "mqttinfer.yaml"
+
+// option documents one configuration key. The table below is the only list of
+// options: flags, environment names and REFERENCE.md are derived from it, and
+// a test checks that it covers every field of Config.
+type option struct {
+	key  string // dotted YAML key
+	flag string // command-line flag, "" for none
+	unit string // unit of the value, shown after the default
+	def  string // default shown in docs when it is not the literal value
+	doc  string // meaning; the first sentence doubles as the flag usage
+}
+
+var options = []option{
+	{key: "node", flag: "node", def: "host name, sanitised",
+		doc: "Node id of this process, used in the status topic `<prefix>/<ver>/status/<node>` and in the remote worker's default client id. 1–64 bytes of `[A-Za-z0-9._-]`; by default the host name with other characters replaced by `-`."},
+	{key: "prefix", flag: "prefix",
+		doc: "Topic prefix of the service. On a shared broker (a public demo broker) use a random, private one."},
+	{key: "log_level", flag: "log-level",
+		doc: "Log level: `debug`, `info`, `warn` or `error`."},
+	{key: "log_format", flag: "log-format",
+		doc: "Log format: `text` or `json` (log/slog handlers)."},
+
+	{key: "mqtt.tcp_addr", flag: "mqtt-addr",
+		doc: "MQTT over TCP listener of the embedded broker, `host:port`. Empty disables it; port 0 picks a free port."},
+	{key: "mqtt.ws_addr", flag: "ws-addr",
+		doc: "MQTT over WebSocket listener of the embedded broker, `host:port`. Empty disables it."},
+	{key: "mqtt.max_packet_size", flag: "max-packet-size", unit: "bytes",
+		doc: "Largest MQTT packet the broker reads. A bigger packet closes the connection (MQTT 5 clients learn the limit in CONNACK). Keep it above `mqtt.max_request_size` so that an oversized request can still be read and answered 413. At most 268435455."},
+	{key: "mqtt.max_request_size", flag: "max-request-size", unit: "bytes",
+		doc: "Largest request payload. A bigger request is answered 413 `payload_too_large` on the device's result topic. At most `mqtt.max_packet_size`."},
+	{key: "mqtt.max_client_writes_pending", unit: "messages",
+		doc: "Outbound queue per client. When a slow client's queue is full, further messages to it are dropped and counted. Each slot costs memory per connected client."},
+	{key: "mqtt.max_clients", flag: "max-clients", unit: "clients", def: "`0` (unlimited)",
+		doc: "Most clients connected at once; 0 means unlimited. Past it a client's CONNACK says server unavailable."},
+	{key: "mqtt.session_expiry", unit: "duration",
+		doc: "Longest time a disconnected persistent session (its subscriptions and queued QoS 1/2 messages) is kept. Clients that ask for longer get this. At least 1s."},
+
+	{key: "http.addr", flag: "http-addr",
+		doc: "HTTP listener: REST + SSE gateway, `/healthz`, `/readyz`, `/metrics`, `host:port`. Empty disables it."},
+
+	{key: "auth.enabled", flag: "auth",
+		doc: "Require every MQTT client to log in with a username and password from `auth.credentials_file`; roles decide what it may publish and subscribe. Off is the open development mode: any client id connects and may watch results."},
+	{key: "auth.credentials_file", flag: "credentials", unit: "path",
+		doc: "Credentials file (see below); required when `auth.enabled`. A relative path is relative to the working directory."},
+
+	{key: "throttle.enabled", flag: "throttle",
+		doc: "Throttle each device in the embedded broker with a token bucket and an in-flight limit. Rejected requests are answered 429 with `retry_after_ms` and never reach a worker."},
+	{key: "throttle.rate", flag: "throttle-rate", unit: "tokens/s",
+		doc: "Tokens added to each device's bucket per second. A request costs its model's cost in tokens."},
+	{key: "throttle.burst", flag: "throttle-burst", unit: "tokens",
+		doc: "Size of each device's bucket: the most tokens a device can spend at once. Must be at least every cost set in `models.costs`."},
+	{key: "throttle.max_in_flight", flag: "throttle-in-flight", unit: "requests",
+		doc: "Requests of one device in progress at once; more are answered 429."},
+	{key: "throttle.idle_ttl", unit: "duration",
+		doc: "A device's bucket is forgotten after this long without a request (the device starts again with a full bucket)."},
+	{key: "throttle.overrides", def: "none",
+		doc: "Other limits for devices whose id matches a pattern; the first match applies. A list of `{pattern, rate, burst, max_in_flight, costs}`: `pattern` is a `path.Match` glob on the device id (`cam-*`); a zero `rate`, `burst` or `max_in_flight` inherits the `throttle.*` value; `costs` (model → tokens) replaces `models.costs` for those devices."},
+
+	{key: "worker.in_process", flag: "in-process",
+		doc: "Serve requests from a worker pool inside `mqttinfer serve`. Off: only remote workers (`mqttinfer worker`) answer."},
+	{key: "worker.concurrency", flag: "concurrency", unit: "inferences", def: "0 (= 2 × GOMAXPROCS)",
+		doc: "Inferences the in-process pool runs at once; 0 means 2 × GOMAXPROCS."},
+	{key: "worker.queue_size", flag: "queue-size", unit: "requests",
+		doc: "Requests waiting for the in-process pool. When it is full, new requests are answered 503 `overloaded`."},
+	{key: "worker.default_deadline", unit: "duration",
+		doc: "Deadline of a request that sets no `deadline_ms`. A request that waited longer is answered 408."},
+	{key: "worker.max_deadline", unit: "duration",
+		doc: "Cap on a request's `deadline_ms`. At least `worker.default_deadline`."},
+
+	{key: "remote.broker", flag: "broker", unit: "URL",
+		doc: "Broker that `mqttinfer worker` connects to: `tcp://`, `mqtt://`, `ssl://`, `tls://`, `mqtts://`, `ws://`, `wss://` or `unix://`."},
+	{key: "remote.group", flag: "group",
+		doc: "Shared-subscription group: the workers of one group split the requests between them (`$share/<group>/<prefix>/+/req/+/+`). A valid id."},
+	{key: "remote.client_id", flag: "client-id", def: "`mqttinfer-worker-<node>` (cut to 64 bytes)",
+		doc: "MQTT client id of `mqttinfer worker`. A valid id."},
+	{key: "remote.username", flag: "username",
+		doc: "Username for the broker of `mqttinfer worker`."},
+	{key: "remote.password",
+		doc: "Password for the broker of `mqttinfer worker`. No flag, so it does not show in the process list: use the file or the environment. Printed as `***`."},
+	{key: "remote.throttle", flag: "worker-throttle",
+		doc: "Throttle in `mqttinfer worker` with the `throttle.*` limits, for brokers that do not run mqttinfer's hooks (Mosquitto, EMQX, HiveMQ)."},
+	{key: "remote.concurrency", flag: "worker-concurrency", unit: "inferences", def: "0 (= 2 × GOMAXPROCS)",
+		doc: "Inferences `mqttinfer worker` runs at once; 0 means 2 × GOMAXPROCS."},
+	{key: "remote.dedup_ttl", unit: "duration",
+		doc: "A request id seen again within this time (a QoS 1 redelivery) is answered from cache instead of being run again."},
+
+	{key: "models.costs", def: "none",
+		doc: "Tokens per request by model name (`{anomaly: 1, chat: 20}`), replacing the model's own cost."},
+	{key: "models.anomaly.max_series", unit: "series",
+		doc: "Most (device, sensor) series the anomaly model tracks; beyond it the least recently used series is dropped."},
+	{key: "models.anomaly.idle_ttl", unit: "duration",
+		doc: "An anomaly series without a sample for this long is forgotten."},
+}
+
+// envName is the environment variable of a dotted key.
+func envName(key string) string {
+	return EnvPrefix + "_" + strings.ToUpper(strings.ReplaceAll(key, ".", "_"))
+}
+
+// leaf is one settable key of Config and the type of its field.
+type leaf struct {
+	key string
+	typ reflect.Type
+}
+
+var durationType = reflect.TypeFor[time.Duration]()
+
+// leaves lists every key of Config in field order. Structs (other than
+// durations) are sections; everything else, maps and lists included, is a leaf.
+func leaves() []leaf {
+	var out []leaf
+	var walk func(t reflect.Type, prefix string)
+	walk = func(t reflect.Type, prefix string) {
+		for f := range t.Fields() {
+			k := prefix + f.Tag.Get("mapstructure")
+			if f.Type.Kind() == reflect.Struct {
+				walk(f.Type, k+".")
+				continue
+			}
+			out = append(out, leaf{key: k, typ: f.Type})
+		}
+	}
+	walk(reflect.TypeFor[Config](), "")
+	return out
+}
+
+// sections lists the dotted keys of the nested structs ("mqtt", "models.anomaly").
+func sections() map[string]bool {
+	out := map[string]bool{}
+	for _, l := range leaves() {
+		parts := strings.Split(l.key, ".")
+		for i := 1; i < len(parts); i++ {
+			out[strings.Join(parts[:i], ".")] = true
+		}
+	}
+	return out
+}
+
+// field returns the field of c (addressable) that holds key.
+func field(c *Config, key string) reflect.Value {
+	v := reflect.ValueOf(c).Elem()
+	for _, part := range strings.Split(key, ".") {
+		t := v.Type()
+		found := false
+		for i := range t.NumField() {
+			if t.Field(i).Tag.Get("mapstructure") == part {
+				v = v.Field(i)
+				found = true
+				break
+			}
+		}
+		if !found {
+			return reflect.Value{}
+		}
+	}
+	return v
+}
+
+// BindFlags registers on fs the --config flag and one flag for each option
+// that has one (see REFERENCE.md). The flags' defaults are Default()'s values
+// and only show in help: Load uses a flag's value only when it was set on the
+// command line, so it does not override the file or the environment.
+// Call it once per flag set.
+func BindFlags(fs *pflag.FlagSet) {
+	fs.String(FlagConfig, "", "config file (YAML); default ./"+DefaultFile+" if it exists, or $"+EnvConfigFile)
+	d := Default()
+	for _, o := range options {
+		if o.flag == "" {
+			continue
+		}
+		v := field(&d, o.key)
+		usage := fmt.Sprintf("%s (%s)", firstSentence(o.doc), o.key)
+		if o.unit != "" && o.unit != "duration" {
+			usage = fmt.Sprintf("%s, in %s (%s)", firstSentence(o.doc), o.unit, o.key)
+		}
+		usage = strings.ReplaceAll(usage, "`", "")
+		switch {
+		case v.Type() == durationType:
+			fs.Duration(o.flag, v.Interface().(time.Duration), usage)
+		case v.Kind() == reflect.String:
+			fs.String(o.flag, v.String(), usage)
+		case v.Kind() == reflect.Int:
+			fs.Int(o.flag, int(v.Int()), usage)
+		case v.Kind() == reflect.Float64:
+			fs.Float64(o.flag, v.Float(), usage)
+		case v.Kind() == reflect.Bool:
+			fs.Bool(o.flag, v.Bool(), usage)
+		}
+	}
+}
+
+func firstSentence(s string) string {
+	if i := strings.Index(s, ". "); i >= 0 {
+		return s[:i]
+	}
+	return strings.TrimSuffix(s, ".")
+}

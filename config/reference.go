@@ -1,0 +1,116 @@
+package config
+
+import (
+	"fmt"
+	"reflect"
+	"strings"
+	"time"
+)
+
+// reference renders REFERENCE.md from the option table; a test keeps the
+// file in step (go test ./config -run TestReference -update rewrites it).
+func reference() string {
+	var b strings.Builder
+	b.WriteString(`# mqttinfer configuration reference
+
+<!-- Generated from config/options.go by "go test ./config -run TestReference -update". Do not edit. -->
+
+Every option has a key in the YAML file, an environment variable, and for the
+most used ones a command-line flag. Later sources override earlier ones:
+
+1. built-in defaults;
+2. the YAML file: ` + "`--config PATH`" + `, else ` + "`$" + EnvConfigFile + "`" + `, else ` + "`./" + DefaultFile + "`" + ` if it
+   exists (a path given by the flag or the variable must exist);
+3. ` + "`" + EnvPrefix + "_*`" + ` environment variables (nested keys joined with ` + "`_`" + `);
+4. flags given on the command line (a flag's default never overrides 2 or 3).
+
+Unknown keys in the file are an error. Durations are written with a unit
+(` + "`500ms`, `5s`, `10m`, `1h`" + `); a bare number is an error. An empty environment
+variable counts: ` + "`MQTTINFER_MQTT_WS_ADDR=`" + ` disables the WebSocket listener.
+Maps and lists in the environment take YAML flow syntax:
+` + "`MQTTINFER_MODELS_COSTS='{anomaly: 1}'`" + `,
+` + "`MQTTINFER_THROTTLE_OVERRIDES='[{pattern: cam-*, rate: 1}]'`" + `.
+Keys are case-insensitive and read in lower case, model names in ` + "`costs`" + ` included.
+
+` + "`mqttinfer serve --print-config`" + ` prints the effective configuration in the
+file's format. ` + "`config/mqttinfer.example.yaml`" + ` is a commented example.
+
+| Key | Environment | Flag | Default | Meaning |
+| --- | --- | --- | --- | --- |
+`)
+	d := defaults()
+	for _, o := range options {
+		flag := ""
+		if o.flag != "" {
+			flag = "`--" + o.flag + "`"
+		}
+		fmt.Fprintf(&b, "| `%s` | `%s` | %s | %s | %s |\n", o.key, envName(o.key), flag,
+			cell(defaultText(o, field(&d, o.key))), cell(o.doc))
+	}
+	b.WriteString(`
+## Credentials file
+
+With ` + "`auth.enabled: true`" + `, every MQTT client logs in with a username and
+password from ` + "`auth.credentials_file`" + `:
+
+` + "```yaml" + `
+users:
+  - {username: d1, password: secret, role: device}
+  - {username: ops, password: s3cret, role: observer}
+  - {username: w1, password: s3cr3t, role: worker}
+` + "```" + `
+
+- ` + "`device`" + `: publishes requests under its own id (the username is the device id) and
+  reads its own results, the model catalog and status;
+- ` + "`observer`" + `: reads every result, the catalog and status, publishes nothing;
+- ` + "`worker`" + `: takes requests and publishes results (a remote ` + "`mqttinfer worker`" + `).
+
+Usernames are 1–64 bytes of ` + "`[A-Za-z0-9._-]`" + ` and unique; passwords are non-empty
+and stored in plain text, so make the file readable only by the service.
+`)
+	return b.String()
+}
+
+func cell(s string) string { return strings.ReplaceAll(s, "|", `\|`) }
+
+// defaultText shows an option's default with its unit.
+func defaultText(o option, v reflect.Value) string {
+	if o.def != "" {
+		return o.def
+	}
+	var s string
+	switch {
+	case v.Type() == durationType:
+		s = "`" + shortDuration(v.Interface().(time.Duration)) + "`"
+	case v.Kind() == reflect.String:
+		s = fmt.Sprintf("`%q`", v.String())
+		if v.String() == "" {
+			return "empty"
+		}
+	default:
+		s = fmt.Sprintf("`%v`", v.Interface())
+	}
+	switch o.unit {
+	case "", "duration", "path", "URL":
+	case "bytes":
+		s += " bytes"
+		if n := v.Int(); n >= 1024 && n%1024 == 0 {
+			s += fmt.Sprintf(" (%d KiB)", n/1024)
+		}
+	default:
+		s += " " + o.unit
+	}
+	return s
+}
+
+// shortDuration writes 1h0m0s as 1h and 10m0s as 10m.
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}

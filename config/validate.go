@@ -1,0 +1,312 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"maps"
+	"math"
+	"net"
+	"net/url"
+	"path"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mqttinfer/mqttinfer/topics"
+)
+
+// MaxPacketSizeLimit is the largest packet MQTT can express (256 MiB - 1).
+const MaxPacketSizeLimit = 268435455
+
+// maxSessionExpiry is the largest session expiry MQTT 5 can express, in seconds.
+const maxSessionExpiry = math.MaxUint32 * time.Second
+
+// Validate checks every option and returns all problems joined with
+// errors.Join, each naming the key and the bad value.
+//
+// knownModels lists the model names that costs may name: pass every model
+// this binary knows of, loaded on this machine or not, so that one file works
+// on every node. A nil knownModels skips the model-name check.
+func (c Config) Validate(knownModels []string) error {
+	var errs []error
+	bad := func(key string, val any, format string, args ...any) {
+		errs = append(errs, fmt.Errorf("%s = %s: %s", key, show(val), fmt.Sprintf(format, args...)))
+	}
+
+	if err := topics.ValidID(c.Node); err != nil {
+		bad("node", c.Node, "%v", err)
+	}
+	if err := topics.ValidPrefix(c.Prefix); err != nil {
+		bad("prefix", c.Prefix, "%v", err)
+	}
+	if _, ok := logLevels[c.LogLevel]; !ok {
+		bad("log_level", c.LogLevel, "must be one of debug, info, warn, error")
+	}
+	if c.LogFormat != "text" && c.LogFormat != "json" {
+		bad("log_format", c.LogFormat, "must be text or json")
+	}
+
+	// Listeners.
+	addrs := []struct{ key, val string }{
+		{"mqtt.tcp_addr", c.MQTT.TCPAddr}, {"mqtt.ws_addr", c.MQTT.WSAddr}, {"http.addr", c.HTTP.Addr},
+	}
+	used := map[string]string{}
+	for _, a := range addrs {
+		if a.val == "" {
+			continue
+		}
+		if err := checkAddr(a.val); err != nil {
+			bad(a.key, a.val, "%v", err)
+			continue
+		}
+		if _, port, _ := net.SplitHostPort(a.val); port != "0" {
+			if other, dup := used[a.val]; dup {
+				bad(a.key, a.val, "the same address as %s", other)
+			}
+			used[a.val] = a.key
+		}
+	}
+
+	m := c.MQTT
+	switch {
+	case m.MaxPacketSize <= 0:
+		bad("mqtt.max_packet_size", m.MaxPacketSize, "must be greater than 0 bytes")
+	case m.MaxPacketSize > MaxPacketSizeLimit:
+		bad("mqtt.max_packet_size", m.MaxPacketSize, "must be at most %d bytes, the MQTT limit", MaxPacketSizeLimit)
+	}
+	switch {
+	case m.MaxRequestSize <= 0:
+		bad("mqtt.max_request_size", m.MaxRequestSize, "must be greater than 0 bytes")
+	case m.MaxRequestSize > m.MaxPacketSize && m.MaxPacketSize > 0:
+		bad("mqtt.max_request_size", m.MaxRequestSize, "must be at most mqtt.max_packet_size (%d bytes)", m.MaxPacketSize)
+	}
+	if m.MaxClientWritesPending <= 0 || m.MaxClientWritesPending > math.MaxInt32 {
+		bad("mqtt.max_client_writes_pending", m.MaxClientWritesPending, "must be 1..%d messages", math.MaxInt32)
+	}
+	if m.MaxClients < 0 {
+		bad("mqtt.max_clients", m.MaxClients, "must be 0 (unlimited) or more")
+	}
+	switch {
+	case m.SessionExpiry < time.Second:
+		bad("mqtt.session_expiry", m.SessionExpiry, "must be at least 1s")
+	case m.SessionExpiry > maxSessionExpiry:
+		bad("mqtt.session_expiry", m.SessionExpiry, "must be at most %v, the MQTT limit", maxSessionExpiry)
+	}
+
+	if c.Auth.Enabled && c.Auth.CredentialsFile == "" {
+		bad("auth.credentials_file", c.Auth.CredentialsFile, "must be set when auth.enabled is true")
+	}
+
+	// Throttling.
+	t := c.Throttle
+	if !(t.Rate > 0) || math.IsInf(t.Rate, 0) {
+		bad("throttle.rate", t.Rate, "must be a number greater than 0 (tokens per second)")
+	}
+	if t.Burst < 1 {
+		bad("throttle.burst", t.Burst, "must be at least 1 token")
+	}
+	if t.MaxInFlight < 1 {
+		bad("throttle.max_in_flight", t.MaxInFlight, "must be at least 1 request")
+	}
+	positive(bad, "throttle.idle_ttl", t.IdleTTL)
+	for i, o := range t.Overrides {
+		k := fmt.Sprintf("throttle.overrides[%d]", i)
+		if o.Pattern == "" {
+			bad(k+".pattern", o.Pattern, "must not be empty (use \"*\" for every device)")
+		} else if _, err := path.Match(o.Pattern, ""); err != nil {
+			bad(k+".pattern", o.Pattern, "not a path.Match pattern: %v", err)
+		}
+		if o.Rate < 0 || math.IsNaN(o.Rate) || math.IsInf(o.Rate, 0) {
+			bad(k+".rate", o.Rate, "must be 0 (inherit throttle.rate) or a number greater than 0")
+		}
+		if o.Burst < 0 {
+			bad(k+".burst", o.Burst, "must be 0 (inherit throttle.burst) or more")
+		}
+		if o.MaxInFlight < 0 {
+			bad(k+".max_in_flight", o.MaxInFlight, "must be 0 (inherit throttle.max_in_flight) or more")
+		}
+		errs = append(errs, checkCosts(k+".costs", o.Costs, knownModels)...)
+	}
+	errs = append(errs, checkCosts("models.costs", c.Models.Costs, knownModels)...)
+	if c.Throttle.Enabled || c.Remote.Throttle {
+		errs = append(errs, c.checkCostsFit()...)
+	}
+
+	// In-process workers.
+	w := c.Worker
+	if w.Concurrency < 0 {
+		bad("worker.concurrency", w.Concurrency, "must be 0 (2 × GOMAXPROCS) or more")
+	}
+	if w.QueueSize < 1 {
+		bad("worker.queue_size", w.QueueSize, "must be at least 1 request")
+	}
+	positive(bad, "worker.default_deadline", w.DefaultDeadline)
+	positive(bad, "worker.max_deadline", w.MaxDeadline)
+	if w.DefaultDeadline > 0 && w.MaxDeadline > 0 && w.MaxDeadline < w.DefaultDeadline {
+		bad("worker.max_deadline", w.MaxDeadline, "must be at least worker.default_deadline (%v)", w.DefaultDeadline)
+	}
+
+	// Remote workers.
+	r := c.Remote
+	if err := checkBrokerURL(r.Broker); err != nil {
+		bad("remote.broker", r.Broker, "%v", err)
+	}
+	if err := topics.ValidID(r.Group); err != nil {
+		bad("remote.group", r.Group, "%v", err)
+	}
+	if r.ClientID != "" {
+		if err := topics.ValidID(r.ClientID); err != nil {
+			bad("remote.client_id", r.ClientID, "%v", err)
+		}
+	}
+	if r.Password != "" && r.Username == "" {
+		errs = append(errs, errors.New("remote.password is set but remote.username is empty: MQTT 3.1.1 sends a password only with a username"))
+	}
+	if r.Concurrency < 0 {
+		bad("remote.concurrency", r.Concurrency, "must be 0 (2 × GOMAXPROCS) or more")
+	}
+	positive(bad, "remote.dedup_ttl", r.DedupTTL)
+
+	// Models.
+	if c.Models.Anomaly.MaxSeries < 1 {
+		bad("models.anomaly.max_series", c.Models.Anomaly.MaxSeries, "must be at least 1")
+	}
+	positive(bad, "models.anomaly.idle_ttl", c.Models.Anomaly.IdleTTL)
+
+	return errors.Join(errs...)
+}
+
+func positive(bad func(string, any, string, ...any), key string, d time.Duration) {
+	if d <= 0 {
+		bad(key, d, "must be a duration greater than 0, like \"5s\"")
+	}
+}
+
+// show formats a value for an error message: strings quoted, durations with units.
+func show(v any) string {
+	switch v := v.(type) {
+	case string:
+		return strconv.Quote(v)
+	case time.Duration:
+		return strconv.Quote(v.String())
+	}
+	return fmt.Sprint(v)
+}
+
+// checkAddr checks a listener address: host:port with a numeric port 0..65535.
+func checkAddr(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("not host:port: %w", err)
+	}
+	if strings.ContainsAny(host, " /") {
+		return fmt.Errorf("host %q is not a host name or IP address", host)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || n < 0 || n > 65535 {
+		return fmt.Errorf("port %q must be a number 0..65535", port)
+	}
+	return nil
+}
+
+// brokerSchemes are the URL schemes paho.mqtt.golang dials.
+var brokerSchemes = []string{"tcp", "mqtt", "ssl", "tls", "mqtts", "mqtt+ssl", "tcps", "ws", "wss", "unix"}
+
+func checkBrokerURL(s string) error {
+	if s == "" {
+		return errors.New("must be set, like \"tcp://127.0.0.1:1883\"")
+	}
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("not a URL: %w", err)
+	}
+	if !slices.Contains(brokerSchemes, u.Scheme) {
+		return fmt.Errorf("scheme %q is not one of %s (write it like tcp://host:1883)", u.Scheme, strings.Join(brokerSchemes, ", "))
+	}
+	switch u.Scheme {
+	case "unix":
+		if u.Path == "" && u.Host == "" {
+			return errors.New("unix:// needs a socket path")
+		}
+	case "ws", "wss":
+		if u.Hostname() == "" {
+			return errors.New("has no host")
+		}
+	default:
+		if u.Hostname() == "" || u.Port() == "" {
+			return fmt.Errorf("needs a host and a port, like %s://127.0.0.1:1883", u.Scheme)
+		}
+	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return fmt.Errorf("port %q must be a number 1..65535", p)
+		}
+	}
+	return nil
+}
+
+// checkCosts checks a model → tokens map: known models, costs of at least 1 token.
+func checkCosts(key string, costs map[string]int, known []string) []error {
+	var errs []error
+	for _, name := range slices.Sorted(maps.Keys(costs)) {
+		if known != nil && !slices.Contains(known, name) {
+			msg := fmt.Sprintf("unknown model %q in %s (known: %s)", name, key, knownList(known))
+			for _, k := range known {
+				if strings.EqualFold(k, name) {
+					msg += fmt.Sprintf("; keys are read in lower case, so %q cannot be configured in a file", k)
+				}
+			}
+			errs = append(errs, errors.New(msg))
+		}
+		if costs[name] < 1 {
+			errs = append(errs, fmt.Errorf("%s[%s] = %d: a cost must be at least 1 token", key, name, costs[name]))
+		}
+	}
+	return errs
+}
+
+func knownList(known []string) string {
+	if len(known) == 0 {
+		return "none"
+	}
+	return strings.Join(slices.Sorted(slices.Values(known)), ", ")
+}
+
+// checkCostsFit reports costs that exceed the burst of the devices they
+// apply to: such a request could never be allowed.
+func (c Config) checkCostsFit() []error {
+	var errs []error
+	burst := c.Throttle.Burst
+	if burst < 1 {
+		return nil // reported already
+	}
+	for _, name := range slices.Sorted(maps.Keys(c.Models.Costs)) {
+		if cost := c.Models.Costs[name]; cost > burst {
+			errs = append(errs, fmt.Errorf("models.costs[%s] = %d: more than throttle.burst (%d), so such a request would never be allowed", name, cost, burst))
+		}
+	}
+	for i, o := range c.Throttle.Overrides {
+		b, from := burst, "throttle.burst"
+		if o.Burst > 0 {
+			b, from = o.Burst, fmt.Sprintf("throttle.overrides[%d].burst", i)
+		}
+		for _, name := range slices.Sorted(maps.Keys(o.Costs)) {
+			if cost := o.Costs[name]; cost > b {
+				errs = append(errs, fmt.Errorf("throttle.overrides[%d].costs[%s] = %d: more than %s (%d), so such a request would never be allowed", i, name, cost, from, b))
+			}
+		}
+		if o.Burst <= 0 {
+			continue
+		}
+		for _, name := range slices.Sorted(maps.Keys(c.Models.Costs)) {
+			if _, own := o.Costs[name]; own {
+				continue
+			}
+			if cost := c.Models.Costs[name]; cost > o.Burst {
+				errs = append(errs, fmt.Errorf("models.costs[%s] = %d: more than throttle.overrides[%d].burst (%d), so devices matching %q could never make such a request", name, cost, i, o.Burst, o.Pattern))
+			}
+		}
+	}
+	return errs
+}
