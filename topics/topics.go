@@ -190,9 +190,10 @@ func Under(prefix, topic string) bool {
 	return len(topic) > len(prefix) && topic[len(prefix)] == '/' && strings.HasPrefix(topic, prefix)
 }
 
-// Parse parses a topic under prefix. On ErrUnsupportedVersion and ErrBadID
-// the returned Topic is filled in as far as the topic could be read, so the
-// caller can still address an error reply.
+// Parse parses a topic under prefix. On every error but ErrOutside the
+// returned Topic is filled in as far as the topic could be read (Kind is set
+// whenever the second level names one), so the caller can still address an
+// error reply.
 func Parse(prefix, topic string) (Topic, error) {
 	if !Under(prefix, topic) {
 		return Topic{}, ErrOutside
@@ -203,17 +204,29 @@ func Parse(prefix, topic string) (Topic, error) {
 	if len(parts) < 2 {
 		return t, fmt.Errorf("%w: %q", ErrMalformed, topic)
 	}
-	switch {
-	case parts[1] == "req" && len(parts) == 4:
-		t.Kind, t.Device, t.Model = KindRequest, parts[2], parts[3]
-	case parts[1] == "res" && len(parts) == 4:
-		t.Kind, t.Device, t.Model = KindResult, parts[2], parts[3]
-	case parts[1] == "models" && len(parts) == 2:
-		t.Kind = KindModels
-	case parts[1] == "status" && len(parts) == 3:
-		t.Kind, t.Node = KindStatus, parts[2]
+	want := 0
+	switch parts[1] {
+	case "req":
+		t.Kind, want = KindRequest, 4
+	case "res":
+		t.Kind, want = KindResult, 4
+	case "models":
+		t.Kind, want = KindModels, 2
+	case "status":
+		t.Kind, want = KindStatus, 3
 	default:
 		return t, fmt.Errorf("%w: %q", ErrMalformed, topic)
+	}
+	// Kind is kept on a malformed topic so the caller knows, for instance,
+	// that a request was meant and can answer it.
+	if len(parts) != want {
+		return t, fmt.Errorf("%w: %q has %d levels after the prefix, want %d", ErrMalformed, topic, len(parts), want)
+	}
+	switch t.Kind {
+	case KindRequest, KindResult:
+		t.Device, t.Model = parts[2], parts[3]
+	case KindStatus:
+		t.Node = parts[2]
 	}
 	ids := [][2]string{{"device", t.Device}, {"model", t.Model}}
 	if t.Kind == KindStatus {
