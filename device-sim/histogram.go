@@ -13,8 +13,8 @@ import (
 // percentile is reported as the geometric middle of its bucket, so it is
 // within ±1% (√1.02 − 1 ≈ 0.995%) of the exact nearest-rank value, clamped
 // to the exact observed minimum and maximum. Values below 1 µs fall in the
-// first bucket and values above ~1 hour in the last, which only matters for
-// round trips that are not real.
+// first bucket and values above ~1.3 hours in the last (reported as the
+// maximum), which only matters for round trips that are not real.
 type histogram struct {
 	counts [histBuckets]atomic.Uint64
 	n      atomic.Uint64
@@ -76,6 +76,9 @@ func (h *histogram) quantile(q float64) time.Duration {
 	for i := range h.counts {
 		seen += h.counts[i].Load()
 		if seen >= rank {
+			if i == histBuckets-1 {
+				return time.Duration(h.max.Load()) // the overflow bucket has no middle
+			}
 			v := time.Duration(histMin * math.Pow(histGrowth, float64(i)+0.5))
 			lo, hi := time.Duration(h.min.Load()), time.Duration(h.max.Load())
 			return min(max(v, lo), hi)

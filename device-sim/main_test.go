@@ -27,8 +27,9 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // testBroker is an embedded mochi broker on 127.0.0.1 with a random port,
 // open to everyone, with the inline client enabled.
 type testBroker struct {
-	srv  *mochi.Server
-	addr string // tcp://127.0.0.1:port
+	srv   *mochi.Server
+	addr  string // tcp://127.0.0.1:port
+	close func()
 }
 
 func startBroker(t *testing.T) *testBroker {
@@ -44,8 +45,9 @@ func startBroker(t *testing.T) *testBroker {
 	if err := srv.Serve(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { _ = srv.Close() })
-	return &testBroker{srv: srv, addr: "tcp://" + tcp.Address()}
+	closeOnce := sync.OnceFunc(func() { _ = srv.Close() })
+	t.Cleanup(closeOnce)
+	return &testBroker{srv: srv, addr: "tcp://" + tcp.Address(), close: closeOnce}
 }
 
 // closedAddr is a broker address on which nothing listens.
