@@ -119,7 +119,7 @@ func (d Decision) Describe(device string) string {
 		if d.Cost == 1 {
 			return fmt.Sprintf("device %s is over %s req/s (burst %d)", device, rate, d.Limits.Burst)
 		}
-		return fmt.Sprintf("device %s is over %s tokens/s (burst %d): this request costs %d tokens and %d are left",
+		return fmt.Sprintf("device %s is over %s tokens/s (burst %d): this request costs %d tokens, the bucket holds %d",
 			device, rate, d.Limits.Burst, d.Cost, d.Remaining)
 	case ReasonInFlight:
 		return fmt.Sprintf("device %s has %d requests in flight (limit %d)", device, d.InFlight, d.Limits.MaxInFlight)
