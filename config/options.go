@@ -1,7 +1,6 @@
 package config
 
 import (
-	"fmt"
 	"reflect"
 	"strings"
 	"time"
@@ -28,81 +27,83 @@ const DefaultFile = "mqttinfer.yaml"
 type option struct {
 	key  string // dotted YAML key
 	flag string // command-line flag, "" for none
-	unit string // unit of the value, shown after the default
-	def  string // default shown in docs when it is not the literal value
-	doc  string // meaning; the first sentence doubles as the flag usage
+	// usage is the flag's help text
+	usage string
+	unit  string // unit of the value, shown after the default
+	def   string // default shown in docs when it is not the literal value
+	doc   string // meaning, for REFERENCE.md
 }
 
 var options = []option{
-	{key: "node", flag: "node", def: "host name, sanitised",
+	{key: "node", flag: "node", usage: "node id, used in the status topic and the worker's client id", def: "host name, sanitised",
 		doc: "Node id of this process, used in the status topic `<prefix>/<ver>/status/<node>` and in the remote worker's default client id. 1–64 bytes of `[A-Za-z0-9._-]`; by default the host name with other characters replaced by `-`."},
-	{key: "prefix", flag: "prefix",
+	{key: "prefix", flag: "prefix", usage: "topic prefix of the service",
 		doc: "Topic prefix of the service. On a shared broker (a public demo broker) use a random, private one."},
-	{key: "log_level", flag: "log-level",
+	{key: "log_level", flag: "log-level", usage: "log level: debug, info, warn or error",
 		doc: "Log level: `debug`, `info`, `warn` or `error`."},
-	{key: "log_format", flag: "log-format",
+	{key: "log_format", flag: "log-format", usage: "log format: text or json",
 		doc: "Log format: `text` or `json` (log/slog handlers)."},
 
-	{key: "mqtt.tcp_addr", flag: "mqtt-addr",
+	{key: "mqtt.tcp_addr", flag: "mqtt-addr", usage: "MQTT over TCP listen address, host:port (\"\" disables)",
 		doc: "MQTT over TCP listener of the embedded broker, `host:port`. Empty disables it; port 0 picks a free port."},
-	{key: "mqtt.ws_addr", flag: "ws-addr",
+	{key: "mqtt.ws_addr", flag: "ws-addr", usage: "MQTT over WebSocket listen address, host:port (\"\" disables)",
 		doc: "MQTT over WebSocket listener of the embedded broker, `host:port`. Empty disables it."},
-	{key: "mqtt.max_packet_size", flag: "max-packet-size", unit: "bytes",
+	{key: "mqtt.max_packet_size", flag: "max-packet-size", usage: "largest MQTT packet the broker reads, in bytes", unit: "bytes",
 		doc: "Largest MQTT packet the broker reads. A bigger packet closes the connection (MQTT 5 clients learn the limit in CONNACK). Keep it above `mqtt.max_request_size` so that an oversized request can still be read and answered 413. At most 268435455."},
-	{key: "mqtt.max_request_size", flag: "max-request-size", unit: "bytes",
+	{key: "mqtt.max_request_size", flag: "max-request-size", usage: "largest request payload, in bytes (bigger ones are answered 413)", unit: "bytes",
 		doc: "Largest request payload. A bigger request is answered 413 `payload_too_large` on the device's result topic. At most `mqtt.max_packet_size`."},
 	{key: "mqtt.max_client_writes_pending", unit: "messages",
 		doc: "Outbound queue per client. When a slow client's queue is full, further messages to it are dropped and counted. Each slot costs memory per connected client."},
-	{key: "mqtt.max_clients", flag: "max-clients", unit: "clients", def: "`0` (unlimited)",
+	{key: "mqtt.max_clients", flag: "max-clients", usage: "most connected MQTT clients (0 = unlimited)", unit: "clients", def: "`0` (unlimited)",
 		doc: "Most clients connected at once; 0 means unlimited. Past it a client's CONNACK says server unavailable."},
 	{key: "mqtt.session_expiry", unit: "duration",
 		doc: "Longest time a disconnected persistent session (its subscriptions and queued QoS 1/2 messages) is kept. Clients that ask for longer get this. At least 1s."},
 
-	{key: "http.addr", flag: "http-addr",
+	{key: "http.addr", flag: "http-addr", usage: "HTTP listen address for the gateway, /healthz, /readyz and /metrics (\"\" disables)",
 		doc: "HTTP listener: REST + SSE gateway, `/healthz`, `/readyz`, `/metrics`, `host:port`. Empty disables it."},
 
-	{key: "auth.enabled", flag: "auth",
+	{key: "auth.enabled", flag: "auth", usage: "require MQTT logins from the credentials file",
 		doc: "Require every MQTT client to log in with a username and password from `auth.credentials_file`; roles decide what it may publish and subscribe. Off is the open development mode: any client id connects and may watch results."},
-	{key: "auth.credentials_file", flag: "credentials", unit: "path",
+	{key: "auth.credentials_file", flag: "credentials", usage: "credentials file (YAML) used with --auth", unit: "path",
 		doc: "Credentials file (see below); required when `auth.enabled`. A relative path is relative to the working directory."},
 
-	{key: "throttle.enabled", flag: "throttle",
+	{key: "throttle.enabled", flag: "throttle", usage: "throttle each device in the embedded broker",
 		doc: "Throttle each device in the embedded broker with a token bucket and an in-flight limit. Rejected requests are answered 429 with `retry_after_ms` and never reach a worker."},
-	{key: "throttle.rate", flag: "throttle-rate", unit: "tokens/s",
+	{key: "throttle.rate", flag: "throttle-rate", usage: "tokens per second added to each device's bucket", unit: "tokens/s",
 		doc: "Tokens added to each device's bucket per second. A request costs its model's cost in tokens."},
-	{key: "throttle.burst", flag: "throttle-burst", unit: "tokens",
+	{key: "throttle.burst", flag: "throttle-burst", usage: "size of each device's token bucket, in tokens", unit: "tokens",
 		doc: "Size of each device's bucket: the most tokens a device can spend at once. Must be at least every cost set in `models.costs`."},
-	{key: "throttle.max_in_flight", flag: "throttle-in-flight", unit: "requests",
+	{key: "throttle.max_in_flight", flag: "throttle-in-flight", usage: "requests of one device in progress at once", unit: "requests",
 		doc: "Requests of one device in progress at once; more are answered 429."},
 	{key: "throttle.idle_ttl", unit: "duration",
 		doc: "A device's bucket is forgotten after this long without a request (the device starts again with a full bucket)."},
 	{key: "throttle.overrides", def: "none",
 		doc: "Other limits for devices whose id matches a pattern; the first match applies. A list of `{pattern, rate, burst, max_in_flight, costs}`: `pattern` is a `path.Match` glob on the device id (`cam-*`); a zero `rate`, `burst` or `max_in_flight` inherits the `throttle.*` value; `costs` (model → tokens) replaces `models.costs` for those devices."},
 
-	{key: "worker.in_process", flag: "in-process",
+	{key: "worker.in_process", flag: "in-process", usage: "run the in-process worker pool",
 		doc: "Serve requests from a worker pool inside `mqttinfer serve`. Off: only remote workers (`mqttinfer worker`) answer."},
-	{key: "worker.concurrency", flag: "concurrency", unit: "inferences", def: "0 (= 2 × GOMAXPROCS)",
+	{key: "worker.concurrency", flag: "concurrency", usage: "inferences the in-process pool runs at once (0 = 2 x GOMAXPROCS)", unit: "inferences", def: "`0` (= 2 × GOMAXPROCS)",
 		doc: "Inferences the in-process pool runs at once; 0 means 2 × GOMAXPROCS."},
-	{key: "worker.queue_size", flag: "queue-size", unit: "requests",
+	{key: "worker.queue_size", flag: "queue-size", usage: "requests that may wait for the in-process pool (then 503)", unit: "requests",
 		doc: "Requests waiting for the in-process pool. When it is full, new requests are answered 503 `overloaded`."},
 	{key: "worker.default_deadline", unit: "duration",
 		doc: "Deadline of a request that sets no `deadline_ms`. A request that waited longer is answered 408."},
 	{key: "worker.max_deadline", unit: "duration",
 		doc: "Cap on a request's `deadline_ms`. At least `worker.default_deadline`."},
 
-	{key: "remote.broker", flag: "broker", unit: "URL",
+	{key: "remote.broker", flag: "broker", usage: "broker URL that mqttinfer worker connects to", unit: "URL",
 		doc: "Broker that `mqttinfer worker` connects to: `tcp://`, `mqtt://`, `ssl://`, `tls://`, `mqtts://`, `ws://`, `wss://` or `unix://`."},
-	{key: "remote.group", flag: "group",
+	{key: "remote.group", flag: "group", usage: "shared-subscription group of mqttinfer worker",
 		doc: "Shared-subscription group: the workers of one group split the requests between them (`$share/<group>/<prefix>/+/req/+/+`). A valid id."},
-	{key: "remote.client_id", flag: "client-id", def: "`mqttinfer-worker-<node>` (cut to 64 bytes)",
+	{key: "remote.client_id", flag: "client-id", usage: "MQTT client id of mqttinfer worker (default mqttinfer-worker-<node>)", def: "`mqttinfer-worker-<node>` (cut to 64 bytes)",
 		doc: "MQTT client id of `mqttinfer worker`. A valid id."},
-	{key: "remote.username", flag: "username",
+	{key: "remote.username", flag: "username", usage: "broker username of mqttinfer worker (password: $MQTTINFER_REMOTE_PASSWORD)",
 		doc: "Username for the broker of `mqttinfer worker`."},
 	{key: "remote.password",
 		doc: "Password for the broker of `mqttinfer worker`. No flag, so it does not show in the process list: use the file or the environment. Printed as `***`."},
-	{key: "remote.throttle", flag: "worker-throttle",
+	{key: "remote.throttle", flag: "worker-throttle", usage: "throttle in mqttinfer worker (for brokers without mqttinfer's hooks)",
 		doc: "Throttle in `mqttinfer worker` with the `throttle.*` limits, for brokers that do not run mqttinfer's hooks (Mosquitto, EMQX, HiveMQ)."},
-	{key: "remote.concurrency", flag: "worker-concurrency", unit: "inferences", def: "0 (= 2 × GOMAXPROCS)",
+	{key: "remote.concurrency", flag: "worker-concurrency", usage: "inferences mqttinfer worker runs at once (0 = 2 x GOMAXPROCS)", unit: "inferences", def: "`0` (= 2 × GOMAXPROCS)",
 		doc: "Inferences `mqttinfer worker` runs at once; 0 means 2 × GOMAXPROCS."},
 	{key: "remote.dedup_ttl", unit: "duration",
 		doc: "A request id seen again within this time (a QoS 1 redelivery) is answered from cache instead of being run again."},
@@ -180,23 +181,23 @@ func field(c *Config, key string) reflect.Value {
 }
 
 // BindFlags registers on fs the --config flag and one flag for each option
-// that has one (see REFERENCE.md). The flags' defaults are Default()'s values
-// and only show in help: Load uses a flag's value only when it was set on the
-// command line, so it does not override the file or the environment.
-// Call it once per flag set.
+// that has one (the Flag column of REFERENCE.md). The flags' defaults are the
+// defaults of Default, except --client-id, whose empty default means the
+// derived "mqttinfer-worker-<node>"; they only show in help. Load uses a
+// flag only when it was set on the command line, so an unset flag never
+// overrides the file or the environment. Call it once per flag set (pflag
+// panics on a flag defined twice).
 func BindFlags(fs *pflag.FlagSet) {
-	fs.String(FlagConfig, "", "config file (YAML); default ./"+DefaultFile+" if it exists, or $"+EnvConfigFile)
-	d := Default()
+	fs.String(FlagConfig, "", "config file (YAML); default $"+EnvConfigFile+", else ./"+DefaultFile+" if it exists")
+	// Flag defaults come from defaults(), not Default(): a derived value
+	// such as the remote client id must not look as if it were set.
+	d := defaults()
 	for _, o := range options {
 		if o.flag == "" {
 			continue
 		}
 		v := field(&d, o.key)
-		usage := fmt.Sprintf("%s (%s)", firstSentence(o.doc), o.key)
-		if o.unit != "" && o.unit != "duration" {
-			usage = fmt.Sprintf("%s, in %s (%s)", firstSentence(o.doc), o.unit, o.key)
-		}
-		usage = strings.ReplaceAll(usage, "`", "")
+		usage := o.usage
 		switch {
 		case v.Type() == durationType:
 			fs.Duration(o.flag, v.Interface().(time.Duration), usage)
@@ -210,11 +211,4 @@ func BindFlags(fs *pflag.FlagSet) {
 			fs.Bool(o.flag, v.Bool(), usage)
 		}
 	}
-}
-
-func firstSentence(s string) string {
-	if i := strings.Index(s, ". "); i >= 0 {
-		return s[:i]
-	}
-	return strings.TrimSuffix(s, ".")
 }

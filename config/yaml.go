@@ -1,6 +1,7 @@
 package config
 
 import (
+	"bytes"
 	"fmt"
 
 	"go.yaml.in/yaml/v3"
@@ -16,9 +17,14 @@ func (c Config) YAML() ([]byte, error) {
 	if c.Remote.Password != "" {
 		c.Remote.Password = Mask
 	}
-	b, err := yaml.Marshal(c)
-	if err != nil {
+	var buf bytes.Buffer
+	enc := yaml.NewEncoder(&buf)
+	enc.SetIndent(2)
+	if err := enc.Encode(c); err != nil {
 		return nil, fmt.Errorf("render config as YAML: %w", err)
 	}
-	return b, nil
+	if err := enc.Close(); err != nil {
+		return nil, fmt.Errorf("render config as YAML: %w", err)
+	}
+	return buf.Bytes(), nil
 }
