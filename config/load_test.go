@@ -180,7 +180,7 @@ models:
   anomaly: {max_series: 50, idle_ttl: 30m}
 throttle:
   overrides:
-    - pattern: cam-*
+    - pattern: Cam-*
       rate: 1
       costs: {anomaly: 4}
     - {pattern: "gw-?", max_in_flight: 9}
@@ -189,7 +189,7 @@ throttle:
 				c.Models.Costs = map[string]int{"anomaly": 2, "yolo.v8": 3}
 				c.Models.Anomaly = Anomaly{MaxSeries: 50, IdleTTL: 30 * time.Minute}
 				c.Throttle.Overrides = []ThrottleOverride{
-					{Pattern: "cam-*", Rate: 1, Costs: map[string]int{"anomaly": 4}},
+					{Pattern: "Cam-*", Rate: 1, Costs: map[string]int{"anomaly": 4}}, // values keep their case
 					{Pattern: "gw-?", MaxInFlight: 9},
 				}
 			},
