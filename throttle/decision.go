@@ -34,7 +34,8 @@ type Decision struct {
 	// Limits.Burst.
 	Remaining int
 	// InFlight is the number of the device's requests in flight after this
-	// decision, this one included if allowed.
+	// decision, this one included if allowed; always 0 for a device that has
+	// no limits at all, as such devices are not tracked.
 	InFlight int
 	// Reset is the time until the bucket is full again; 0 without a rate limit.
 	Reset time.Duration
