@@ -1,0 +1,48 @@
+# mqttinfer — see README.md. Every target does its own set-up.
+GO       ?= go
+BIN      := bin/mqttinfer
+VERSION  := $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X main.version=$(VERSION)
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+# Real-data tests fail (not skip) when their Debian packages are missing.
+export MQTTINFER_REQUIRE_TESTDATA ?= 1
+
+.PHONY: all build run test test-short bench lint fmt testdeps clean
+
+all: build
+
+build:
+	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/mqttinfer
+
+## run: start the service on the embedded default (MQTT 127.0.0.1:1883, WS :1882, HTTP :8080)
+run: build
+	./$(BIN) serve $(ARGS)
+
+testdeps:
+	@./scripts/testdeps.sh
+
+## test: unit and end-to-end tests, with the race detector
+test: testdeps
+	$(GO) vet ./...
+	$(GO) test -race -count=1 -timeout 10m ./...
+
+## test-short: the same without the race detector, for a quick loop
+test-short: testdeps
+	$(GO) test -count=1 ./...
+
+## bench: Go benchmarks, then the device simulator against the embedded service
+bench: build testdeps
+	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./throttle/ ./inference/... ./api/ ./topics/
+	./scripts/bench.sh $(BIN)
+
+## lint: gofmt, go vet, staticcheck (fetched through the Go module proxy)
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt would change:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+fmt:
+	gofmt -w $$(git ls-files '*.go')
+
+clean:
+	rm -rf bin

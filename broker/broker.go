@@ -1,0 +1,245 @@
+// Package broker owns the embedded MQTT broker of mqttinfer: a mochi-mqtt v2
+// server with its listeners and options, and the hooks that apply the
+// service's rules inside the topic prefix (identity and ACL, request
+// validation, throttling, hand-off to workers). Outside the prefix it is a
+// plain MQTT 3.1.1 / 5 broker.
+//
+// Accepted requests leave through the Dispatcher interface (the in-process
+// worker pool) or, when there is none, are routed to remote workers' shared
+// subscriptions. The broker never imports the worker or the models.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/listeners"
+
+	"github.com/mqttinfer/mqttinfer/api"
+	"github.com/mqttinfer/mqttinfer/metrics"
+	"github.com/mqttinfer/mqttinfer/throttle"
+	"github.com/mqttinfer/mqttinfer/topics"
+)
+
+// Options configure a Broker. Zero values are replaced by the defaults noted.
+type Options struct {
+	// Prefix is the service's topic prefix (topics.DefaultPrefix).
+	Prefix string
+	// TCPAddr is the MQTT over TCP listen address; "" disables it.
+	TCPAddr string
+	// WSAddr is the MQTT over WebSocket listen address; "" disables it.
+	WSAddr string
+	// MaxPacketSize is the largest MQTT packet accepted, in bytes; a larger
+	// one resets the connection (mochi's behaviour). 0 = 256 KiB.
+	MaxPacketSize int
+	// MaxRequestSize is the largest request payload, in bytes; larger ones
+	// (up to MaxPacketSize) get 413 payload_too_large. 0 = 64 KiB.
+	MaxRequestSize int
+	// MaxClientWritesPending bounds each client's outbound queue, in
+	// messages. mochi's default of 8192 costs ~88 KB per idle client. 0 = 256.
+	MaxClientWritesPending int
+	// MaxClients refuses connections past this many; 0 = unlimited.
+	MaxClients int
+	// SessionExpiry caps how long a disconnected persistent session is kept. 0 = 1h.
+	SessionExpiry time.Duration
+	// Credentials switch authentication on when non-nil: only these users may
+	// connect, and their role decides what they may publish and subscribe.
+	// nil is the open development mode.
+	Credentials []Credential
+	// Throttle limits each device; nil switches throttling off.
+	Throttle *throttle.Limiter
+	// Models returns the names of the models served, for 404 replies; nil
+	// skips the model check at the broker.
+	Models func() []string
+	// Dispatcher receives accepted requests; nil routes them to remote
+	// workers subscribed to the request topics instead.
+	Dispatcher Dispatcher
+	// Metrics records counters; nil records nothing.
+	Metrics *metrics.Metrics
+	// Log receives the broker's logs; nil discards them.
+	Log *slog.Logger
+}
+
+// Broker is the embedded MQTT broker.
+type Broker struct {
+	opts   Options
+	srv    *mqtt.Server
+	tcp    *listeners.TCP
+	reqs   *requestHook
+	log    *slog.Logger
+	closed chan struct{}
+}
+
+// New creates a broker with its listeners bound (so Addr is known) but not
+// yet serving.
+func New(opts Options) (*Broker, error) {
+	if opts.Prefix == "" {
+		opts.Prefix = topics.DefaultPrefix
+	}
+	if err := topics.ValidPrefix(opts.Prefix); err != nil {
+		return nil, err
+	}
+	if opts.MaxPacketSize == 0 {
+		opts.MaxPacketSize = 256 << 10
+	}
+	if opts.MaxRequestSize == 0 {
+		opts.MaxRequestSize = 64 << 10
+	}
+	if opts.MaxRequestSize > opts.MaxPacketSize {
+		return nil, fmt.Errorf("max request size %d is larger than max packet size %d", opts.MaxRequestSize, opts.MaxPacketSize)
+	}
+	if opts.MaxClientWritesPending == 0 {
+		opts.MaxClientWritesPending = 256
+	}
+	if opts.SessionExpiry == 0 {
+		opts.SessionExpiry = time.Hour
+	}
+	if opts.Log == nil {
+		opts.Log = slog.New(slog.DiscardHandler)
+	}
+
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = uint32(opts.MaxPacketSize)
+	caps.MaximumClientWritesPending = int32(opts.MaxClientWritesPending)
+	caps.MaximumSessionExpiryInterval = uint32(min(opts.SessionExpiry/time.Second, math.MaxUint32))
+	if opts.MaxClients > 0 {
+		caps.MaximumClients = int64(opts.MaxClients)
+	}
+	// Paho's MQTT 5 clients reject acks that carry the publish's user properties.
+	caps.Compatibilities.NoInheritedPropertiesOnAck = true
+
+	srv := mqtt.New(&mqtt.Options{
+		Capabilities: caps,
+		InlineClient: true,
+		Logger:       quietLogger(opts.Log.With("component", "mqtt")),
+	})
+	b := &Broker{opts: opts, srv: srv, log: opts.Log, closed: make(chan struct{})}
+
+	auth, err := newAuthHook(opts.Prefix, opts.Credentials)
+	if err != nil {
+		return nil, err
+	}
+	b.reqs = newRequestHook(b, auth)
+	for _, h := range []mqtt.Hook{auth, &statsHook{b: b}, b.reqs} {
+		if err := srv.AddHook(h, nil); err != nil {
+			return nil, fmt.Errorf("add %s hook: %w", h.ID(), err)
+		}
+	}
+
+	if opts.TCPAddr != "" {
+		b.tcp = listeners.NewTCP(listeners.Config{ID: "tcp", Address: opts.TCPAddr})
+		if err := srv.AddListener(b.tcp); err != nil {
+			return nil, fmt.Errorf("mqtt tcp listener on %s: %w", opts.TCPAddr, err)
+		}
+	}
+	if opts.WSAddr != "" {
+		// mochi's WebSocket listener binds inside Serve; check the address now
+		// so a taken port fails at start-up with a clear error.
+		if ln, err := net.Listen("tcp", opts.WSAddr); err != nil {
+			b.closeListeners()
+			return nil, fmt.Errorf("mqtt websocket listener on %s: %w", opts.WSAddr, err)
+		} else {
+			ln.Close()
+		}
+		if err := srv.AddListener(listeners.NewWebsocket(listeners.Config{ID: "ws", Address: opts.WSAddr})); err != nil {
+			b.closeListeners()
+			return nil, fmt.Errorf("mqtt websocket listener on %s: %w", opts.WSAddr, err)
+		}
+	}
+	return b, nil
+}
+
+func (b *Broker) closeListeners() {
+	b.srv.Listeners.CloseAll(func(string) {})
+}
+
+// Serve starts accepting connections; it returns at once.
+func (b *Broker) Serve() error {
+	return b.srv.Serve()
+}
+
+// Close disconnects every client and stops the listeners.
+func (b *Broker) Close() error {
+	select {
+	case <-b.closed:
+		return nil
+	default:
+		close(b.closed)
+	}
+	return b.srv.Close()
+}
+
+// Addr is the bound MQTT over TCP address ("" when TCP is off).
+func (b *Broker) Addr() string {
+	if b.tcp == nil {
+		return ""
+	}
+	return b.tcp.Address()
+}
+
+// Prefix is the service's topic prefix.
+func (b *Broker) Prefix() string { return b.opts.Prefix }
+
+// Publish sends a message from the service itself (results, catalog,
+// status). It bypasses the ACL; the service's own hooks ignore it.
+func (b *Broker) Publish(topic string, payload []byte, retain bool, qos byte) error {
+	return b.srv.Publish(topic, payload, retain, qos)
+}
+
+// Clients is the number of connected MQTT clients, the service's own excluded.
+func (b *Broker) Clients() int {
+	n := 0
+	for _, cl := range b.srv.Clients.GetAll() {
+		if !cl.Net.Inline && !cl.Closed() {
+			n++
+		}
+	}
+	return n
+}
+
+// HasSubscribers reports whether any client or the service itself is
+// subscribed to a filter matching topic.
+func (b *Broker) HasSubscribers(topic string) bool {
+	subs := b.srv.Topics.Subscribers(topic)
+	return len(subs.Shared) > 0 || len(subs.Subscriptions) > 0 || len(subs.InlineSubscriptions) > 0
+}
+
+// Ready reports whether the broker is serving.
+func (b *Broker) Ready(context.Context) error {
+	select {
+	case <-b.closed:
+		return errors.New("broker is closed")
+	default:
+		return nil
+	}
+}
+
+// Request is an accepted inference request, handed to a Dispatcher.
+type Request struct {
+	// Topic is the parsed request topic (version, device, model).
+	Topic topics.Topic
+	// Body is the decoded request; its ID is set (generated when absent).
+	Body api.Request
+	// QoS is the publish's QoS; replies go out at the same QoS.
+	QoS byte
+	// Received is when the broker read the publish.
+	Received time.Time
+	// RateLimit is the device's bucket after this request (nil when throttling is off).
+	RateLimit *api.RateLimit
+	// Done must be called exactly once when the request is answered; it
+	// releases the device's in-flight slot.
+	Done func()
+}
+
+// Dispatcher takes accepted requests off the broker's read path. Dispatch must
+// not block: when it cannot take the request it returns an error, an
+// *api.Error to send as it is, or any other error for 503 overloaded.
+type Dispatcher interface {
+	Dispatch(r *Request) error
+}

@@ -1,0 +1,38 @@
+package broker
+
+import (
+	"slices"
+	"strings"
+
+	"github.com/mqttinfer/mqttinfer/api"
+)
+
+// validateStage checks a request's size, decodes its body and checks that
+// the model exists. On success in.body holds the request with its id set.
+type validateStage struct {
+	maxSize int
+	models  func() []string
+}
+
+func (v *validateStage) check(in *inbound) *api.Error {
+	if n := len(in.pk.Payload); n > v.maxSize {
+		return api.Errorf(api.PayloadTooLarge, "request is %d bytes, the limit is %d", n, v.maxSize)
+	}
+	body, e := api.DecodeRequest(in.pk.Payload)
+	in.body = body
+	if e != nil {
+		return e
+	}
+	if v.models != nil {
+		names := v.models()
+		if !slices.Contains(names, in.topic.Model) {
+			e := api.Errorf(api.ModelNotFound, "model %q does not exist; models: %s", in.topic.Model, strings.Join(names, ", "))
+			e.Models = names
+			return e
+		}
+	}
+	if in.body.ID == "" {
+		in.body.ID = api.NewID()
+	}
+	return nil
+}

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# End-to-end benchmarks: the device simulator against the embedded service,
+# with baselines run in the same command (these machines are shared and
+# noisy, so only ratios within one run mean much).
+#
+#   1. round trips at QoS 1, 10 and 100 devices, embedded broker + in-process workers
+#   2. the same load through Mosquitto + a remote mqttinfer worker (baseline)
+#   3. idle RSS per connected device with 2,000 idle devices, at our
+#      max_client_writes_pending and at mochi's default 8192 (baseline)
+#
+# Everything listens on 127.0.0.1 on free ports and is stopped at the end.
+set -euo pipefail
+BIN=${1:-bin/mqttinfer}
+DUR=${BENCH_DURATION:-8s}
+IDLE=${BENCH_IDLE_DEVICES:-2000}
+ulimit -n 65536 2>/dev/null || true
+work=$(mktemp -d)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+freeport() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
+waitport() { for _ in $(seq 1 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
+rss_kb() { awk '/VmRSS/ {print $2}' /proc/"$1"/status; }
+
+# serve PORT HTTPPORT [extra env...]: starts the service, echoes its pid.
+serve() {
+	local port=$1 hport=$2; shift 2
+	env MQTTINFER_MQTT_TCP_ADDR=127.0.0.1:$port MQTTINFER_MQTT_WS_ADDR= MQTTINFER_HTTP_ADDR=127.0.0.1:$hport \
+		MQTTINFER_THROTTLE_RATE=1000000 MQTTINFER_THROTTLE_BURST=1000000 MQTTINFER_THROTTLE_MAX_IN_FLIGHT=0 \
+		MQTTINFER_LOG_LEVEL=warn "$@" "$BIN" serve >"$work/serve-$port.log" 2>&1 &
+	echo $!
+}
+
+sim() { # sim PORT DEVICES RATE -> JSON report on stdout
+	"$BIN" sim --broker "tcp://127.0.0.1:$1" --devices "$2" --rate "$3" --qos 1 --duration "$DUR" --drain 5s \
+		--id-prefix "b$2-" --seed 1 --json
+}
+
+summary() { jq -r '"\(.devices) devices: \(.round_trips_per_sec|floor) round trips/s, p50 \(.latency.p50_ms) ms, p99 \(.latency.p99_ms) ms, max \(.latency.max_ms) ms, sent \(.sent), ok \(.ok), throttled \(.throttled), errors \(.errors|tostring), lost \(.lost)"'; }
+
+echo "== round trips at QoS 1 (anomaly model, $DUR each)"
+p=$(freeport); h=$(freeport); pid=$(serve "$p" "$h"); pids+=("$pid"); waitport "$p"
+sim "$p" 10 2000 >"$work/e10.json";  echo -n "embedded   "; summary <"$work/e10.json"
+sim "$p" 100 200 >"$work/e100.json"; echo -n "embedded   "; summary <"$work/e100.json"
+kill "$pid"; wait "$pid" 2>/dev/null || true
+
+if command -v /usr/sbin/mosquitto >/dev/null; then
+	mp=$(freeport)
+	printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n' "$mp" >"$work/mosquitto.conf"
+	/usr/sbin/mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 & mpid=$!; pids+=("$mpid"); waitport "$mp"
+	MQTTINFER_LOG_LEVEL=warn "$BIN" worker --broker "tcp://127.0.0.1:$mp" >"$work/worker.log" 2>&1 & wpid=$!; pids+=("$wpid")
+	"$BIN" models --broker "tcp://127.0.0.1:$mp" --timeout 10s >/dev/null # the worker is up once its catalog is there
+	sim "$mp" 10 2000 >"$work/m10.json";  echo -n "mosquitto  "; summary <"$work/m10.json"
+	sim "$mp" 100 200 >"$work/m100.json"; echo -n "mosquitto  "; summary <"$work/m100.json"
+	kill "$wpid" "$mpid"; wait "$wpid" "$mpid" 2>/dev/null || true
+	for n in 10 100; do
+		jq -rn --slurpfile e "$work/e$n.json" --slurpfile m "$work/m$n.json" \
+			'"ratio embedded/mosquitto+remote worker, \($e[0].devices) devices: \(($e[0].round_trips_per_sec / $m[0].round_trips_per_sec * 100 | floor) / 100)x round trips/s, p50 \(($m[0].latency.p50_ms / $e[0].latency.p50_ms * 100 | floor) / 100)x lower"'
+	done
+fi
+
+echo "== idle RSS per connected device ($IDLE idle devices)"
+for pending in 256 8192; do
+	p=$(freeport); h=$(freeport)
+	pid=$(serve "$p" "$h" MQTTINFER_MQTT_MAX_CLIENT_WRITES_PENDING=$pending); pids+=("$pid"); waitport "$p"; sleep 1
+	before=$(rss_kb "$pid")
+	# rate 0.0001/s: each device's first send is scheduled hours away, so they stay idle.
+	"$BIN" sim --broker "tcp://127.0.0.1:$p" --devices "$IDLE" --rate 0.0001 --duration 30s --drain -1s --id-prefix idle- --json >/dev/null 2>&1 & spid=$!
+	for _ in $(seq 1 600); do
+		n=$(curl -s "127.0.0.1:$h/metrics" | awk '/^mqttinfer_connected_clients /{print $2}')
+		[ "${n:-0}" -ge "$IDLE" ] && break; sleep 0.1
+	done
+	sleep 2
+	after=$(rss_kb "$pid")
+	per=$(( (after - before) * 1024 / IDLE ))
+	echo "max_client_writes_pending=$pending: RSS ${before} KB -> ${after} KB with ${n:-?} clients: $per bytes per idle device"
+	eval "per_$pending=$per"
+	kill "$spid" "$pid" 2>/dev/null || true; wait "$spid" "$pid" 2>/dev/null || true
+done
+echo "ratio idle memory per device, mochi default (8192) / ours (256): $(python3 -c "print(round($per_8192/$per_256, 2))")x"

@@ -1,0 +1,144 @@
+// Package worker owns the transport-independent request core (decode →
+// check → infer → encode) and its two transports: the in-process pool fed by
+// the embedded broker, and the remote worker, an MQTT client on any broker.
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/mqttinfer/mqttinfer/api"
+	"github.com/mqttinfer/mqttinfer/inference"
+	"github.com/mqttinfer/mqttinfer/metrics"
+)
+
+// Core runs requests on the registered models. Its zero value is not usable:
+// Models must be set. Core is safe for concurrent use.
+type Core struct {
+	// Models are the models served.
+	Models *inference.Registry
+	// DefaultDeadline bounds a request without deadline_ms, from receipt. 0 = 5s.
+	DefaultDeadline time.Duration
+	// MaxDeadline caps deadline_ms. 0 = 60s.
+	MaxDeadline time.Duration
+	// Metrics records latency and outcomes; nil records nothing.
+	Metrics *metrics.Metrics
+	// Log receives failures; nil discards them.
+	Log *slog.Logger
+}
+
+// Job is one request as the core sees it, whatever transport brought it.
+type Job struct {
+	Version  string
+	Device   string
+	Model    string
+	Request  api.Request
+	Received time.Time
+	// RateLimit is echoed in the reply (nil when no throttle applied).
+	RateLimit *api.RateLimit
+}
+
+// Deadline is when the job stops being worth answering with a result.
+func (c *Core) Deadline(j Job) time.Time {
+	d := c.DefaultDeadline
+	if d <= 0 {
+		d = 5 * time.Second
+	}
+	maxD := c.MaxDeadline
+	if maxD <= 0 {
+		maxD = 60 * time.Second
+	}
+	if j.Request.DeadlineMS > 0 {
+		d = time.Duration(j.Request.DeadlineMS) * time.Millisecond
+	}
+	return j.Received.Add(min(d, maxD))
+}
+
+// Run answers one job: a result with the model's output, or an error reply.
+// It never panics on a model's failure: a panicking model is answered 500.
+func (c *Core) Run(ctx context.Context, j Job) (res api.Result) {
+	res = c.run(ctx, j)
+	res.RateLimit = j.RateLimit
+	return res
+}
+
+func (c *Core) run(ctx context.Context, j Job) api.Result {
+	fail := func(e *api.Error) api.Result { return api.ErrorResult(j.Request.ID, j.Model, e) }
+	if j.Request.Cancel {
+		return fail(api.Errorf(api.InvalidRequest, "no running stream with id %q to cancel", j.Request.ID))
+	}
+	m, ok := c.Models.Get(j.Model)
+	if !ok {
+		names := c.Models.Names()
+		e := api.Errorf(api.ModelNotFound, "model %q does not exist; models: %s", j.Model, strings.Join(names, ", "))
+		e.Models = names
+		return fail(e)
+	}
+	info := m.Info()
+	if info.Unavailable != "" {
+		return fail(api.Errorf(api.ModelUnavailable, "model %q is not available here: %s", j.Model, info.Unavailable))
+	}
+	deadline := c.Deadline(j)
+	if now := time.Now(); !now.Before(deadline) {
+		return fail(api.Errorf(api.DeadlineExceeded, "request waited %s before a worker took it, past its deadline of %s",
+			now.Sub(j.Received).Round(time.Millisecond), deadline.Sub(j.Received)))
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	defer cancel()
+
+	start := time.Now()
+	out, err := c.infer(ctx, m, inference.Request{Device: j.Device, Input: j.Request.Input, Params: j.Request.Params})
+	elapsed := time.Since(start)
+	c.Metrics.Inference(j.Model, elapsed.Seconds())
+	if err != nil {
+		return fail(c.classify(ctx, j, err))
+	}
+	raw, err := json.Marshal(out)
+	if err != nil {
+		c.log().Error("encode model output", "model", j.Model, "error", err)
+		return fail(api.Errorf(api.InferenceFailed, "model %q returned an output that cannot be encoded", j.Model))
+	}
+	return api.Result{
+		ID:           j.Request.ID,
+		Model:        j.Model,
+		ModelVersion: info.Version,
+		Status:       api.StatusOK,
+		Output:       raw,
+		LatencyMS:    float64(elapsed.Microseconds()) / 1000,
+	}
+}
+
+func (c *Core) infer(ctx context.Context, m inference.Model, req inference.Request) (out any, err error) {
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("model panicked: %v", p)
+		}
+	}()
+	return m.Infer(ctx, req)
+}
+
+func (c *Core) classify(ctx context.Context, j Job, err error) *api.Error {
+	var ie *inference.InputError
+	switch {
+	case errors.As(err, &ie):
+		return api.Errorf(api.InvalidInput, "%s", ie.Msg)
+	case errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded):
+		return api.Errorf(api.DeadlineExceeded, "model %q did not finish before the request's deadline", j.Model)
+	case errors.Is(err, context.Canceled) || ctx.Err() != nil:
+		return api.Errorf(api.Overloaded, "the worker stopped before model %q finished", j.Model)
+	}
+	c.log().Warn("inference failed", "model", j.Model, "device", j.Device, "id", j.Request.ID, "error", err)
+	return api.Errorf(api.InferenceFailed, "model %q failed: %v", j.Model, err)
+}
+
+func (c *Core) log() *slog.Logger {
+	if c.Log == nil {
+		return slog.New(slog.DiscardHandler)
+	}
+	return c.Log
+}
