@@ -60,9 +60,6 @@ func (h *histogram) record(d time.Duration) {
 	}
 }
 
-// count is the number of observations.
-func (h *histogram) count() uint64 { return h.n.Load() }
-
 // quantile returns the nearest-rank q-quantile (0 < q ≤ 1), within ±1%;
 // 0 when empty.
 func (h *histogram) quantile(q float64) time.Duration {

@@ -58,6 +58,11 @@ func Input(model string) (InputFunc, error) {
 type AnomalySample struct {
 	Sensor string  `json:"sensor"`
 	Value  float64 `json:"value"`
+	// TS is when the reading was sent, in unix milliseconds, strictly
+	// increasing per sensor. It is the real clock, not the simulated one,
+	// because the model answers a ts that is not later than the series' last
+	// one as stale, and a second run with the same device ids must not be.
+	TS int64 `json:"ts"`
 }
 
 // anomalySamplePeriod is the simulated time between two readings of one
@@ -107,6 +112,7 @@ var sensorKinds = []sensorKind{
 type anomalySensor struct {
 	kind      sensorKind
 	t         time.Time // simulated time of the next reading
+	lastTS    int64     // unix ms of the last reading sent
 	offset    float64   // accumulated level shifts
 	stuckLeft int       // readings left to repeat
 	last      float64
@@ -118,17 +124,18 @@ type anomalySensor struct {
 // anomalyDevice generates a device's readings, one sensor after the other.
 type anomalyDevice struct {
 	rng     *rand.Rand
+	now     func() time.Time // the real clock, for ts
 	sensors []*anomalySensor
 	next    int
 }
 
-func newAnomalyDevice(rng *rand.Rand) *anomalyDevice {
+func newAnomalyDevice(rng *rand.Rand, now func() time.Time) *anomalyDevice {
 	n := 1 + rng.IntN(3)
 	kinds := slices.Clone(sensorKinds)
 	rng.Shuffle(len(kinds), func(i, j int) { kinds[i], kinds[j] = kinds[j], kinds[i] })
 	// Each device's day starts at a random time, so a fleet is not in lockstep.
 	start := time.Date(2025, 6, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(rng.Int64N(int64(24 * time.Hour))))
-	d := &anomalyDevice{rng: rng}
+	d := &anomalyDevice{rng: rng, now: now}
 	for _, k := range kinds[:n] {
 		d.sensors = append(d.sensors, &anomalySensor{kind: k, t: start})
 	}
@@ -137,14 +144,15 @@ func newAnomalyDevice(rng *rand.Rand) *anomalyDevice {
 }
 
 func anomalyInput(_ string, rng *rand.Rand) Generator {
-	d := newAnomalyDevice(rng)
+	d := newAnomalyDevice(rng, time.Now)
 	return func() any { return d.sample() }
 }
 
 func (d *anomalyDevice) sample() AnomalySample {
 	s := d.sensors[d.next]
 	d.next = (d.next + 1) % len(d.sensors)
-	return AnomalySample{Sensor: s.kind.name, Value: s.read(d.rng)}
+	s.lastTS = max(d.now().UnixMilli(), s.lastTS+1)
+	return AnomalySample{Sensor: s.kind.name, Value: s.read(d.rng), TS: s.lastTS}
 }
 
 func (s *anomalySensor) read(rng *rand.Rand) float64 {

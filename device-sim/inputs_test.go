@@ -21,11 +21,11 @@ func TestInputUnknownModel(t *testing.T) {
 }
 
 func TestAnomalyInputDeterministic(t *testing.T) {
-	gen := func(seed uint64) []any {
-		g := anomalyInput("sim-0001", rand.New(rand.NewPCG(seed, 1)))
-		out := make([]any, 200)
+	gen := func(seed uint64) []AnomalySample {
+		d := newAnomalyDevice(rand.New(rand.NewPCG(seed, 1)), fixedClock)
+		out := make([]AnomalySample, 200)
 		for i := range out {
-			out[i] = g()
+			out[i] = d.sample()
 		}
 		return out
 	}
@@ -40,7 +40,7 @@ func TestAnomalyInputDeterministic(t *testing.T) {
 func TestAnomalyInputIsRealistic(t *testing.T) {
 	sensorsSeen := map[int]int{}
 	for dev := range 200 {
-		d := newAnomalyDevice(rand.New(rand.NewPCG(11, uint64(dev))))
+		d := newAnomalyDevice(rand.New(rand.NewPCG(11, uint64(dev))), fixedClock)
 		n := len(d.sensors)
 		sensorsSeen[n]++
 		names := map[string]bool{}
@@ -60,16 +60,21 @@ func TestAnomalyInputIsRealistic(t *testing.T) {
 	// One device with all three sensors, over 10 simulated days.
 	var d *anomalyDevice
 	for i := uint64(0); d == nil || len(d.sensors) < 3; i++ {
-		d = newAnomalyDevice(rand.New(rand.NewPCG(5, i)))
+		d = newAnomalyDevice(rand.New(rand.NewPCG(5, i)), time.Now)
 	}
 	tempStart := d.sensorNamed("temp").t
 	series := map[string][]float64{}
+	lastTS := map[string]int64{}
 	for range 3 * 1440 * 10 {
 		s := d.sample()
 		b, err := json.Marshal(s)
 		if err != nil || !strings.HasPrefix(string(b), `{"sensor":"`) {
 			t.Fatalf("sample %v encodes as %s, %v", s, b, err)
 		}
+		if s.TS <= lastTS[s.Sensor] {
+			t.Fatalf("%s: ts %d after %d, want strictly increasing", s.Sensor, s.TS, lastTS[s.Sensor])
+		}
+		lastTS[s.Sensor] = s.TS
 		series[s.Sensor] = append(series[s.Sensor], s.Value)
 	}
 	ranges := map[string][2]float64{"temp": {10, 35}, "humidity": {15, 80}, "vibration": {0, 2}}
@@ -135,3 +140,6 @@ func (d *anomalyDevice) sensorNamed(name string) *anomalySensor {
 	}
 	return nil
 }
+
+// fixedClock is a real clock that has stopped, for deterministic inputs.
+func fixedClock() time.Time { return time.UnixMilli(1_732_500_000_000) }
