@@ -166,11 +166,3 @@ func (h *authHook) senderID(cl *mqtt.Client) string {
 	}
 	return cl.ID
 }
-
-// role is the sender's role; every client is a device in open mode.
-func (h *authHook) role(cl *mqtt.Client) Role {
-	if h.users == nil {
-		return RoleDevice
-	}
-	return h.users[string(cl.Properties.Username)].Role
-}
