@@ -15,6 +15,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"unicode/utf8"
 )
 
 // DefaultPrefix is the topic prefix used when none is configured.
@@ -47,6 +48,8 @@ const (
 	KindStatus
 )
 
+// String returns the topic level that names the kind ("req", "res",
+// "models", "status"), or "unknown".
 func (k Kind) String() string {
 	switch k {
 	case KindRequest:
@@ -124,10 +127,17 @@ func ValidID(s string) error {
 }
 
 // ValidPrefix reports whether p can be used as a topic prefix: one or more
-// non-empty levels without wildcards, '$' at the start, or NUL bytes.
+// non-empty levels of valid UTF-8 without wildcards, '$' at the start, or NUL
+// bytes.
 func ValidPrefix(p string) error {
 	if p == "" {
 		return errors.New("topic prefix is empty")
+	}
+	// MQTT topic names must be UTF-8 [MQTT-1.5.3-1]; brokers (mochi included)
+	// drop a client that sends one that is not, so such a prefix would make
+	// every topic of the service unusable.
+	if !utf8.ValidString(p) {
+		return fmt.Errorf("topic prefix %q is not valid UTF-8", p)
 	}
 	if strings.HasPrefix(p, "$") {
 		return fmt.Errorf("topic prefix %q must not start with '$'", p)
