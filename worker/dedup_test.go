@@ -8,29 +8,29 @@ import (
 	"time"
 )
 
-// fakeClock is a settable clock for the Dedup's TTL.
-type fakeClock struct {
+// dedupClock is a settable clock for the Dedup's TTL.
+type dedupClock struct {
 	mu sync.Mutex
 	t  time.Time
 }
 
-func (c *fakeClock) Now() time.Time {
+func (c *dedupClock) Now() time.Time {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.t
 }
 
-func (c *fakeClock) Add(d time.Duration) {
+func (c *dedupClock) Add(d time.Duration) {
 	c.mu.Lock()
 	c.t = c.t.Add(d)
 	c.mu.Unlock()
 }
 
-func key(device, id string) DedupKey {
+func dedupTestKey(device, id string) DedupKey {
 	return DedupKey{Version: "v1", Device: device, Model: "sum", ID: id}
 }
 
-func mustBegin(t *testing.T, d *Dedup, k DedupKey) ([]byte, bool) {
+func mustBeginDedup(t *testing.T, d *Dedup, k DedupKey) ([]byte, bool) {
 	t.Helper()
 	reply, dup, err := d.Begin(context.Background(), k)
 	if err != nil {
@@ -40,28 +40,28 @@ func mustBegin(t *testing.T, d *Dedup, k DedupKey) ([]byte, bool) {
 }
 
 func TestDedupRemembersReply(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1000, 0)}
+	clock := &dedupClock{t: time.Unix(1000, 0)}
 	d := NewDedup(time.Minute, 0, clock.Now)
-	k := key("d1", "r1")
+	k := dedupTestKey("d1", "r1")
 
-	if _, dup := mustBegin(t, d, k); dup {
+	if _, dup := mustBeginDedup(t, d, k); dup {
 		t.Fatal("first copy reported as duplicate")
 	}
 	d.Finish(k, []byte("reply-1"), true)
 
-	reply, dup := mustBegin(t, d, k)
+	reply, dup := mustBeginDedup(t, d, k)
 	if !dup || string(reply) != "reply-1" {
 		t.Fatalf("second copy: dup=%v reply=%q, want dup with reply-1", dup, reply)
 	}
 
 	// Other devices, models, versions and ids are other requests.
 	for _, other := range []DedupKey{
-		key("d2", "r1"),
-		key("d1", "r2"),
+		dedupTestKey("d2", "r1"),
+		dedupTestKey("d1", "r2"),
 		{Version: "v2", Device: "d1", Model: "sum", ID: "r1"},
 		{Version: "v1", Device: "d1", Model: "other", ID: "r1"},
 	} {
-		if _, dup := mustBegin(t, d, other); dup {
+		if _, dup := mustBeginDedup(t, d, other); dup {
 			t.Errorf("%v reported as a duplicate of %v", other, k)
 		}
 		d.Finish(other, nil, true)
@@ -69,22 +69,22 @@ func TestDedupRemembersReply(t *testing.T) {
 }
 
 func TestDedupExpires(t *testing.T) {
-	clock := &fakeClock{t: time.Unix(1000, 0)}
+	clock := &dedupClock{t: time.Unix(1000, 0)}
 	d := NewDedup(time.Minute, 0, clock.Now)
-	k := key("d1", "r1")
-	mustBegin(t, d, k)
+	k := dedupTestKey("d1", "r1")
+	mustBeginDedup(t, d, k)
 	d.Finish(k, []byte("old"), true)
 
 	clock.Add(59 * time.Second)
-	if _, dup := mustBegin(t, d, k); !dup {
+	if _, dup := mustBeginDedup(t, d, k); !dup {
 		t.Fatal("reply forgotten before its TTL")
 	}
 	clock.Add(time.Second)
-	if _, dup := mustBegin(t, d, k); dup {
+	if _, dup := mustBeginDedup(t, d, k); dup {
 		t.Fatal("reply still remembered at its TTL")
 	}
 	d.Finish(k, []byte("new"), true)
-	if reply, _ := mustBegin(t, d, k); string(reply) != "new" {
+	if reply, _ := mustBeginDedup(t, d, k); string(reply) != "new" {
 		t.Fatalf("reply after expiry = %q, want the new one", reply)
 	}
 	if n := d.Len(); n != 1 {
@@ -95,8 +95,8 @@ func TestDedupExpires(t *testing.T) {
 func TestDedupBoundedSize(t *testing.T) {
 	d := NewDedup(time.Hour, 2, nil)
 	for _, id := range []string{"a", "b", "c"} {
-		mustBegin(t, d, key("d1", id))
-		d.Finish(key("d1", id), []byte(id), true)
+		mustBeginDedup(t, d, dedupTestKey("d1", id))
+		d.Finish(dedupTestKey("d1", id), []byte(id), true)
 	}
 	if n := d.Len(); n != 2 {
 		t.Fatalf("Len = %d, want the bound 2", n)
@@ -106,14 +106,14 @@ func TestDedupBoundedSize(t *testing.T) {
 		id  string
 		dup bool
 	}{{"b", true}, {"c", true}, {"a", false}} {
-		if _, dup := mustBegin(t, d, key("d1", tc.id)); dup != tc.dup {
+		if _, dup := mustBeginDedup(t, d, dedupTestKey("d1", tc.id)); dup != tc.dup {
 			t.Errorf("%s: dup = %v, want %v", tc.id, dup, tc.dup)
 		}
 	}
 }
 
-// waitFor polls cond until it holds or a generous deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
+// pollUntil polls cond until it holds or a generous deadline passes.
+func pollUntil(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
 	for !cond() {
@@ -127,8 +127,8 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 func TestDedupDuplicateWaitsForFirstCopy(t *testing.T) {
 	for _, keep := range []bool{true, false} {
 		d := NewDedup(time.Minute, 0, nil)
-		k := key("d1", "r1")
-		mustBegin(t, d, k)
+		k := dedupTestKey("d1", "r1")
+		mustBeginDedup(t, d, k)
 
 		const copies = 3
 		type answer struct {
@@ -143,7 +143,7 @@ func TestDedupDuplicateWaitsForFirstCopy(t *testing.T) {
 				answers <- answer{reply, dup, err}
 			}()
 		}
-		waitFor(t, "the copies to wait", func() bool { return d.Waiting() == copies })
+		pollUntil(t, "the copies to wait", func() bool { return d.Waiting() == copies })
 		d.Finish(k, []byte("only-run"), keep)
 		for range copies {
 			a := <-answers
@@ -152,7 +152,7 @@ func TestDedupDuplicateWaitsForFirstCopy(t *testing.T) {
 			}
 		}
 		// Without keep (a transient outcome), a later retry runs again.
-		if _, dup := mustBegin(t, d, k); dup != keep {
+		if _, dup := mustBeginDedup(t, d, k); dup != keep {
 			t.Fatalf("keep=%v: later copy dup = %v", keep, dup)
 		}
 	}
@@ -160,15 +160,15 @@ func TestDedupDuplicateWaitsForFirstCopy(t *testing.T) {
 
 func TestDedupWaitCanceled(t *testing.T) {
 	d := NewDedup(time.Minute, 0, nil)
-	k := key("d1", "r1")
-	mustBegin(t, d, k)
+	k := dedupTestKey("d1", "r1")
+	mustBeginDedup(t, d, k)
 	ctx, cancel := context.WithCancel(context.Background())
 	errc := make(chan error, 1)
 	go func() {
 		_, _, err := d.Begin(ctx, k)
 		errc <- err
 	}()
-	waitFor(t, "the copy to wait", func() bool { return d.Waiting() == 1 })
+	pollUntil(t, "the copy to wait", func() bool { return d.Waiting() == 1 })
 	cancel()
 	if err := <-errc; !errors.Is(err, context.Canceled) {
 		t.Fatalf("Begin after cancel = %v, want context.Canceled", err)
@@ -180,10 +180,10 @@ func TestDedupWaitCanceled(t *testing.T) {
 
 func TestDedupZeroTTLRemembersNothing(t *testing.T) {
 	d := NewDedup(0, 0, nil)
-	k := key("d1", "r1")
-	mustBegin(t, d, k)
+	k := dedupTestKey("d1", "r1")
+	mustBeginDedup(t, d, k)
 	d.Finish(k, []byte("x"), true)
-	if _, dup := mustBegin(t, d, k); dup {
+	if _, dup := mustBeginDedup(t, d, k); dup {
 		t.Fatal("a zero TTL remembered a reply")
 	}
 	d.Finish(k, []byte("x"), true)

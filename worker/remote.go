@@ -1,0 +1,703 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/mqttinfer/mqttinfer/api"
+	"github.com/mqttinfer/mqttinfer/broker"
+	"github.com/mqttinfer/mqttinfer/throttle"
+	"github.com/mqttinfer/mqttinfer/topics"
+)
+
+// DefaultMaxRequestSize is the request size limit of a Remote whose
+// MaxRequestSize is 0, in bytes; the same as the embedded broker's.
+const DefaultMaxRequestSize = 64 << 10
+
+// DefaultDrainTimeout is how long a Remote whose DrainTimeout is 0 lets the
+// requests in flight finish at shutdown before it cancels their models.
+const DefaultDrainTimeout = 30 * time.Second
+
+const (
+	// tokenTimeout bounds every wait for the broker (SUBACK, PUBACK,
+	// UNSUBACK). A QoS 1 publish made while paho reconnects completes after
+	// the reconnect, so this is generous.
+	tokenTimeout = 30 * time.Second
+	// quiesce is how long Disconnect may take to send DISCONNECT, in ms.
+	quiesce = 1000
+	// Paho's defaults (30 s between first-connect attempts, reconnect
+	// back-off up to 10 min) leave a worker idle for minutes after a broker
+	// restart; these keep it close behind the broker.
+	connectRetryInterval = 2 * time.Second
+	maxReconnectInterval = 30 * time.Second
+	connectTimeout       = 10 * time.Second
+	keepAlive            = 30 * time.Second
+)
+
+// RemoteOptions configure a Remote worker.
+type RemoteOptions struct {
+	// Broker is the broker URL: tcp://, ssl://, ws:// or wss://, e.g.
+	// "tcp://127.0.0.1:1883". Required.
+	Broker string
+	// ClientID is the worker's MQTT client id; "" lets the broker assign one.
+	ClientID string
+	// Username and Password authenticate the worker to the broker, if it needs them.
+	Username string
+	Password string
+	// Prefix is the service's topic prefix; "" means topics.DefaultPrefix.
+	Prefix string
+	// Group is the shared-subscription group the workers split requests in
+	// (topics.SharedRequestFilter). Required; a valid id.
+	Group string
+	// Concurrency is the most inferences run at once; 0 or less means 1.
+	Concurrency int
+	// DedupTTL is how long the reply to a request with an id is remembered,
+	// so that a redelivered copy (same topic, same id) is answered from the
+	// cache instead of running the model again. 0 or less switches the cache
+	// off (copies that arrive while the first one runs still wait for it).
+	DedupTTL time.Duration
+	// DedupSize bounds the remembered replies; 0 means DefaultDedupSize.
+	DedupSize int
+	// Throttle, when non-nil, throttles each device in the worker: for
+	// brokers that are not mqttinfer's (whose hooks throttle already). Refused
+	// requests get 429 with retry_after_ms, and every reply carries ratelimit.
+	Throttle *throttle.Limiter
+	// MaxRequestSize is the largest request body, in bytes; larger ones get
+	// 413. 0 means DefaultMaxRequestSize.
+	MaxRequestSize int
+	// DrainTimeout bounds how long shutdown waits for running models before
+	// canceling them (their requests are still answered, 503). 0 means
+	// DefaultDrainTimeout.
+	DrainTimeout time.Duration
+	// Node is this worker's node id, for its status topic. Required; a valid id.
+	Node string
+	// Version is the software version reported in the status message.
+	Version string
+	// Log receives the worker's logs; nil uses the Core's, or discards.
+	Log *slog.Logger
+}
+
+// Remote is the remote worker transport: an MQTT client (MQTT 3.1.1, paho)
+// that takes requests from any broker through a shared subscription, runs
+// them through a Core and publishes the replies on the devices' result
+// topics. Several Remotes in one Group split the requests between them.
+//
+// Identity: the broker delivers a request without the publisher's client id,
+// so a Remote cannot check that a device publishes only under its own id. On
+// mqttinfer's embedded broker the broker's hook has checked it (and
+// validated and throttled the request) before the Remote sees it; on a
+// foreign broker (Mosquitto, EMQX, HiveMQ) use that broker's ACLs to bind
+// each client to its own request topics.
+//
+// Delivery: requests are taken at QoS 1 and acknowledged (PUBACK) only after
+// their reply has been published and acknowledged by the broker, so a worker
+// that dies mid-request does not acknowledge it. Redelivered copies are
+// answered from a cache (see Dedup) rather than run twice.
+type Remote struct {
+	core   *Core
+	opts   RemoteOptions
+	log    *slog.Logger
+	filter string
+	dedup  *Dedup // nil when the cache is off and copies are not coalesced
+	sem    chan struct{}
+
+	willTopic   string
+	willPayload []byte
+
+	subscribed     chan struct{}
+	subscribedOnce sync.Once
+	fatal          chan error // buffered 1: the first unrecoverable error
+	started        atomic.Bool
+	waiting        atomic.Int64 // requests waiting for an inference slot
+
+	// workCtx is the context of the models; it outlives Run's context
+	// until the drain timeout so that requests in flight finish.
+	workCtx context.Context
+
+	tasks tasks // message handlers and connect handlers running
+
+	mu       sync.Mutex // orders the stopping flag against Subscribe
+	stopping bool       // intake stopped: no (re)subscription
+}
+
+// NewRemote checks opts and returns a Remote ready to Run.
+func NewRemote(core *Core, opts RemoteOptions) (*Remote, error) {
+	if core == nil || core.Models == nil {
+		return nil, errors.New("remote worker: a Core with models is required")
+	}
+	if err := checkBrokerURL(opts.Broker); err != nil {
+		return nil, err
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = topics.DefaultPrefix
+	}
+	if err := topics.ValidPrefix(opts.Prefix); err != nil {
+		return nil, fmt.Errorf("remote worker: %w", err)
+	}
+	if err := topics.ValidID(opts.Group); err != nil {
+		return nil, fmt.Errorf("remote worker: shared-subscription group: %w", err)
+	}
+	if err := topics.ValidID(opts.Node); err != nil {
+		return nil, fmt.Errorf("remote worker: node id (for the status topic): %w", err)
+	}
+	if opts.MaxRequestSize < 0 {
+		return nil, fmt.Errorf("remote worker: max request size is %d bytes; it must be >= 0 (0 means %d)", opts.MaxRequestSize, DefaultMaxRequestSize)
+	}
+	if opts.MaxRequestSize == 0 {
+		opts.MaxRequestSize = DefaultMaxRequestSize
+	}
+	if opts.DrainTimeout <= 0 {
+		opts.DrainTimeout = DefaultDrainTimeout
+	}
+	log := opts.Log
+	if log == nil {
+		log = core.log()
+	}
+	r := &Remote{
+		core:       core,
+		opts:       opts,
+		log:        log.With("component", "remote-worker"),
+		filter:     topics.SharedRequestFilter(opts.Group, opts.Prefix),
+		sem:        make(chan struct{}, max(opts.Concurrency, 1)),
+		subscribed: make(chan struct{}),
+		fatal:      make(chan error, 1),
+	}
+	r.dedup = NewDedup(opts.DedupTTL, opts.DedupSize, nil)
+	// Paho takes one will. It goes on the latest version's status topic
+	// (topics.Latest); the older versions' status topics keep "online" after
+	// a crash until the worker reconnects or is shut down cleanly. Its
+	// "since" is the start of the process: a will cannot be dated later.
+	offline, err := r.statusMessages("offline")
+	if err != nil {
+		return nil, err
+	}
+	r.willTopic = topics.Status(opts.Prefix, topics.Latest(), opts.Node)
+	for _, a := range offline {
+		if a.Topic == r.willTopic {
+			r.willPayload = a.Payload
+		}
+	}
+	return r, nil
+}
+
+func checkBrokerURL(s string) error {
+	u, err := url.Parse(s)
+	if err == nil {
+		switch u.Scheme {
+		case "tcp", "mqtt", "ssl", "tls", "mqtts", "tcps", "ws", "wss":
+			if u.Host != "" {
+				return nil
+			}
+		}
+	}
+	return fmt.Errorf("remote worker: broker URL %q: want scheme://host:port with scheme tcp, ssl, ws or wss, e.g. tcp://127.0.0.1:1883", s)
+}
+
+// Subscribed is closed once the broker has acknowledged the worker's first
+// subscription to the requests (after the catalog and the online status are
+// published): from then on the worker takes requests.
+func (r *Remote) Subscribed() <-chan struct{} { return r.subscribed }
+
+// Run connects (retrying until the broker is there), subscribes and serves
+// until ctx is done, then shuts down gracefully: it stops intake
+// (unsubscribes), lets the requests in flight finish and publishes their
+// replies (after DrainTimeout their models are canceled and they are
+// answered 503), publishes the offline status and disconnects. It returns
+// nil after a clean shutdown, or the error that made the worker stop (the
+// broker refused its subscription). Run may be called once.
+func (r *Remote) Run(ctx context.Context) error {
+	if !r.started.CompareAndSwap(false, true) {
+		return errors.New("remote worker: Run called twice")
+	}
+	workCtx, cancelWork := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelWork()
+	r.workCtx = workCtx // before Connect: every handler starts after it
+
+	c := mqtt.NewClient(r.clientOptions())
+	r.log.Info("connecting", "broker", r.opts.Broker, "client_id", r.opts.ClientID, "filter", r.filter)
+	connected := c.Connect()
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-r.fatal:
+	case <-connected.Done():
+		// With ConnectRetry the token completes only on success or Disconnect.
+		if cerr := connected.Error(); cerr != nil {
+			err = fmt.Errorf("remote worker: connect to %s: %w", r.opts.Broker, cerr)
+			break
+		}
+		select {
+		case <-ctx.Done():
+		case err = <-r.fatal:
+		}
+	}
+	r.shutdown(c, cancelWork)
+	// A connect still retrying ends at its next attempt; wait for it so no
+	// goroutine of the client outlives Run.
+	<-connected.Done()
+	return err
+}
+
+// shutdown stops intake, drains the requests in flight, announces the node
+// offline and disconnects.
+func (r *Remote) shutdown(c mqtt.Client, cancelWork context.CancelFunc) {
+	r.mu.Lock()
+	r.stopping = true
+	r.mu.Unlock()
+	if c.IsConnectionOpen() {
+		if err := wait(c.Unsubscribe(r.filter)); err != nil {
+			r.log.Warn("unsubscribe at shutdown", "filter", r.filter, "error", err)
+		}
+	}
+	r.log.Info("shutting down: intake stopped, finishing the requests in flight", "in_flight", r.tasks.count())
+
+	drain := time.NewTimer(r.opts.DrainTimeout)
+	defer drain.Stop()
+	canceled := false
+	for {
+		idle := r.tasks.idle()
+		if canceled {
+			<-idle
+		} else {
+			select {
+			case <-idle:
+			case <-drain.C:
+				r.log.Warn("drain timeout: canceling the models still running; their requests are answered 503",
+					"timeout", r.opts.DrainTimeout, "in_flight", r.tasks.count())
+				canceled = true
+				cancelWork()
+				<-idle
+			}
+		}
+		if c.IsConnectionOpen() {
+			r.announce(c, "offline")
+		}
+		// A request the broker sent just before its UNSUBACK may reach
+		// its handler only now (paho starts a goroutine per message): it
+		// is answered too, and the offline status published after it.
+		if r.tasks.closeIfIdle() {
+			break
+		}
+	}
+	r.core.Metrics.WorkerUp("remote", false)
+	c.Disconnect(quiesce)
+	r.log.Info("disconnected", "broker", r.opts.Broker)
+}
+
+func (r *Remote) clientOptions() *mqtt.ClientOptions {
+	o := mqtt.NewClientOptions().
+		AddBroker(r.opts.Broker).
+		SetClientID(r.opts.ClientID).
+		// A clean session: mochi (and other brokers) keep choosing an
+		// offline shared-subscription member with a persistent session and
+		// queue its share until it returns; with a clean session an offline
+		// worker is no member at all. The cost: QoS 1 requests delivered
+		// but not yet acknowledged when the connection drops are not
+		// redelivered to this worker; whether the broker re-sends them to
+		// another member is up to the broker.
+		SetCleanSession(true).
+		// Unordered: one goroutine per message, bounded by r.sem (and by the
+		// broker's in-flight window, since requests are acknowledged only
+		// after their reply). Ordered delivery with handlers that wait on
+		// publish tokens nearly deadlocks paho.
+		SetOrderMatters(false).
+		SetAutoAckDisabled(true).
+		SetAutoReconnect(true).
+		SetConnectRetry(true).
+		SetConnectRetryInterval(connectRetryInterval).
+		SetMaxReconnectInterval(maxReconnectInterval).
+		SetConnectTimeout(connectTimeout).
+		SetKeepAlive(keepAlive).
+		SetBinaryWill(r.willTopic, r.willPayload, 1, true).
+		SetOnConnectHandler(r.onConnect).
+		SetConnectionLostHandler(r.onConnectionLost).
+		SetConnectionNotificationHandler(r.onNotification).
+		// Unsubscribing from a $share filter leaves paho's route in place,
+		// but should a request ever arrive without a matching route it is
+		// still handled, not left unacknowledged.
+		SetDefaultPublishHandler(r.onMessage)
+	if r.opts.Username != "" {
+		o.SetUsername(r.opts.Username)
+	}
+	if r.opts.Password != "" {
+		o.SetPassword(r.opts.Password)
+	}
+	return o
+}
+
+// onConnect runs (in its own goroutine) after every connect and reconnect:
+// with a clean session the broker has forgotten the subscription, so it
+// announces the node and subscribes again.
+func (r *Remote) onConnect(c mqtt.Client) {
+	if !r.tasks.enter() {
+		return
+	}
+	defer r.tasks.leave()
+	r.mu.Lock()
+	stopping := r.stopping
+	r.mu.Unlock()
+	if stopping {
+		return
+	}
+	r.log.Info("connected", "broker", r.opts.Broker)
+	r.announce(c, "online")
+
+	r.mu.Lock()
+	if r.stopping {
+		r.mu.Unlock()
+		return
+	}
+	// Subscribe queues the SUBSCRIBE before it returns, and shutdown's
+	// UNSUBSCRIBE is queued only after stopping is set under r.mu, so the
+	// broker never sees them in the other order.
+	tok := c.Subscribe(r.filter, 1, r.onMessage)
+	r.mu.Unlock()
+	if !tok.WaitTimeout(tokenTimeout) {
+		r.fail(fmt.Errorf("remote worker: broker %s did not acknowledge the subscription to %s within %s", r.opts.Broker, r.filter, tokenTimeout))
+		return
+	}
+	if err := tok.Error(); err != nil {
+		// The connection went down meanwhile; the next connect subscribes.
+		r.log.Warn("subscribe failed", "filter", r.filter, "error", err)
+		return
+	}
+	if st, ok := tok.(*mqtt.SubscribeToken); ok {
+		for _, code := range st.Result() {
+			if code >= 0x80 {
+				r.fail(fmt.Errorf("remote worker: broker %s refused the subscription to %s (SUBACK 0x%02x): check the worker's credentials and the broker's ACL, and that it supports shared subscriptions",
+					r.opts.Broker, r.filter, code))
+				return
+			}
+		}
+	}
+	r.core.Metrics.WorkerUp("remote", true)
+	r.subscribedOnce.Do(func() { close(r.subscribed) })
+	r.log.Info("taking requests", "filter", r.filter, "concurrency", cap(r.sem))
+}
+
+func (r *Remote) onConnectionLost(_ mqtt.Client, err error) {
+	r.core.Metrics.WorkerUp("remote", false)
+	r.log.Warn("connection to the broker lost; reconnecting", "broker", r.opts.Broker, "error", err)
+}
+
+func (r *Remote) onNotification(_ mqtt.Client, n mqtt.ConnectionNotification) {
+	if f, ok := n.(mqtt.ConnectionNotificationFailed); ok {
+		r.log.Warn("cannot connect to the broker; retrying", "broker", r.opts.Broker, "error", f.Reason)
+	}
+}
+
+// fail records an unrecoverable error for Run, which then shuts down.
+func (r *Remote) fail(err error) {
+	r.log.Error("stopping", "error", err)
+	select {
+	case r.fatal <- err:
+	default:
+	}
+}
+
+func (r *Remote) statusMessages(state string) ([]Announcement, error) {
+	return StatusMessages(r.opts.Prefix, Status{
+		Node:       r.opts.Node,
+		State:      state,
+		Version:    r.opts.Version,
+		Transport:  "remote",
+		Models:     r.core.Models.Names(),
+		QueueDepth: int(r.waiting.Load()),
+	})
+}
+
+// announce publishes the retained status (and, when online, the catalog)
+// on every version's topics.
+func (r *Remote) announce(c mqtt.Client, state string) {
+	msgs, err := r.statusMessages(state)
+	if err == nil && state == "online" {
+		var cat []Announcement
+		cat, err = Catalog(r.opts.Prefix, r.core.Models)
+		msgs = append(cat, msgs...)
+	}
+	if err != nil {
+		r.log.Error("encode announcements", "error", err)
+		return
+	}
+	for _, a := range msgs {
+		if err := wait(c.Publish(a.Topic, 1, true, a.Payload)); err != nil {
+			r.log.Warn("publish announcement", "topic", a.Topic, "error", err)
+		}
+	}
+}
+
+// wait waits, at most tokenTimeout, for the broker to complete tok.
+func wait(tok mqtt.Token) error {
+	if !tok.WaitTimeout(tokenTimeout) {
+		return fmt.Errorf("no acknowledgement from the broker within %s", tokenTimeout)
+	}
+	return tok.Error()
+}
+
+// delivery is one request message as it arrived.
+type delivery struct {
+	c        mqtt.Client
+	msg      mqtt.Message
+	topic    topics.Topic
+	received time.Time
+}
+
+func (r *Remote) onMessage(c mqtt.Client, msg mqtt.Message) {
+	if !r.tasks.enter() {
+		// Shutdown has drained and is disconnecting: the message stays
+		// unacknowledged, which is all that can be done for it now.
+		r.log.Warn("request arrived after shutdown; left unacknowledged", "topic", msg.Topic())
+		return
+	}
+	defer r.tasks.leave()
+	r.handle(&delivery{c: c, msg: msg, received: time.Now()})
+}
+
+// handle answers one request message: exactly one reply is published (or
+// the message is dropped for want of a topic to answer on), and the message
+// is acknowledged once the reply is out.
+func (r *Remote) handle(d *delivery) {
+	t, err := topics.Parse(r.opts.Prefix, d.msg.Topic())
+	d.topic = t
+	if t.Kind != topics.KindRequest || (err != nil && !errors.Is(err, topics.ErrUnsupportedVersion)) {
+		r.core.Metrics.Rejected("bad_topic")
+		r.log.Warn("message on a malformed request topic dropped: there is no topic to answer on", "topic", d.msg.Topic(), "error", err)
+		d.msg.Ack()
+		return
+	}
+	payload := d.msg.Payload()
+	if err != nil {
+		e := api.Errorf(api.UnsupportedVersion, "API version %q is not supported", t.Version)
+		e.Versions = topics.Versions()
+		r.reject(d, api.PeekID(payload), e)
+		return
+	}
+	if n := len(payload); n > r.opts.MaxRequestSize {
+		r.reject(d, api.PeekID(payload), api.Errorf(api.PayloadTooLarge, "request is %d bytes, the limit is %d", n, r.opts.MaxRequestSize))
+		return
+	}
+	body, e := api.DecodeRequest(payload)
+	if e != nil {
+		r.reject(d, body.ID, e)
+		return
+	}
+	if body.ID == "" {
+		// Without an id a copy cannot be told from a new request.
+		body.ID = api.NewID()
+		reply, _, release := r.answer(d, body)
+		r.send(d, reply)
+		release()
+		return
+	}
+
+	k := DedupKey{Version: t.Version, Device: t.Device, Model: t.Model, ID: body.ID}
+	cached, dup, err := r.dedup.Begin(r.workCtx, k)
+	if dup {
+		switch {
+		case err != nil:
+			r.log.Warn("duplicate request left unanswered: the worker stopped before the first copy finished", "topic", d.msg.Topic(), "id", body.ID)
+		case cached == nil:
+			r.log.Warn("duplicate request left unanswered: the first copy has no reply", "topic", d.msg.Topic(), "id", body.ID)
+		default:
+			r.core.Metrics.Duplicate()
+			r.log.Debug("duplicate request answered from the cache", "topic", d.msg.Topic(), "id", body.ID)
+			r.send(d, cached)
+		}
+		return
+	}
+	reply, keep, release := r.answer(d, body)
+	r.dedup.Finish(k, reply, keep)
+	r.send(d, reply)
+	release()
+}
+
+// answer throttles and runs a decoded request and returns its encoded reply,
+// whether the reply is final (worth answering redelivered copies with), and
+// the function that gives back the device's in-flight slot once the reply
+// is out.
+func (r *Remote) answer(d *delivery, body api.Request) (reply []byte, keep bool, release func()) {
+	t := d.topic
+	release = func() {}
+	var rl *api.RateLimit
+	var cost int
+	if _, ok := r.core.Models.Get(t.Model); !ok {
+		// Like the embedded broker, an unknown model costs no tokens: the
+		// Core answers 404 with the models that exist, without running any.
+		job := Job{Version: t.Version, Device: t.Device, Model: t.Model, Request: body, Received: d.received}
+		if l := r.opts.Throttle; l != nil {
+			job.RateLimit = broker.RateLimit(l.Peek(t.Device, t.Model))
+		}
+		res := r.core.Run(r.workCtx, job)
+		return r.encode(t, res), final(res.Status), release
+	}
+	if l := r.opts.Throttle; l != nil {
+		dec := l.Allow(t.Device, t.Model)
+		rl = broker.RateLimit(dec)
+		if !dec.Allowed {
+			r.core.Metrics.Throttled(string(dec.Reason))
+			e := api.Errorf(api.RateLimited, "%s", dec.Describe(t.Device))
+			e.RetryAfterMS = max(dec.RetryAfterMillis(), 1)
+			res := api.ErrorResult(body.ID, t.Model, e)
+			res.RateLimit = rl
+			return r.encode(t, res), false, release
+		}
+		cost = dec.Cost
+		release = func() { l.Done(t.Device) }
+	}
+
+	if !r.acquire() {
+		if l := r.opts.Throttle; l != nil {
+			l.Refund(t.Device, cost)
+		}
+		res := api.ErrorResult(body.ID, t.Model, api.Errorf(api.Overloaded, "the worker is shutting down; retry on another"))
+		res.RateLimit = rl
+		return r.encode(t, res), false, release
+	}
+	r.core.Metrics.QueueWait(time.Since(d.received).Seconds())
+	r.core.Metrics.Busy(1)
+	res := r.core.Run(r.workCtx, Job{
+		Version:   t.Version,
+		Device:    t.Device,
+		Model:     t.Model,
+		Request:   body,
+		Received:  d.received,
+		RateLimit: rl,
+	})
+	r.core.Metrics.Busy(-1)
+	<-r.sem
+	return r.encode(t, res), final(res.Status), release
+}
+
+// final reports whether a reply is the request's final answer. Transient
+// outcomes (a deadline missed while waiting, throttling, a failed or
+// overloaded worker) are not remembered: the device retries them with the
+// same id and must get a fresh attempt.
+func final(status int) bool {
+	switch {
+	case status >= 500, status == api.DeadlineExceeded.Status(), status == api.RateLimited.Status(), status == api.Canceled.Status():
+		return false
+	}
+	return true
+}
+
+// acquire takes an inference slot; false when the models were canceled at
+// shutdown while it waited.
+func (r *Remote) acquire() bool {
+	r.waiting.Add(1)
+	defer r.waiting.Add(-1)
+	select {
+	case r.sem <- struct{}{}:
+		return true
+	case <-r.workCtx.Done():
+		return false
+	}
+}
+
+// reject answers a request that failed before it could be run.
+func (r *Remote) reject(d *delivery, id string, e *api.Error) {
+	res := api.ErrorResult(id, d.topic.Model, e)
+	if l := r.opts.Throttle; l != nil {
+		res.RateLimit = broker.RateLimit(l.Peek(d.topic.Device, d.topic.Model))
+	}
+	r.send(d, r.encode(d.topic, res))
+}
+
+// encode counts a reply and encodes it for the request's API version; nil
+// when it cannot be encoded (logged).
+func (r *Remote) encode(t topics.Topic, res api.Result) []byte {
+	r.core.Metrics.Request(t.Version, t.Model, res.Status)
+	b, err := api.Marshal(t.Version, res)
+	if err != nil {
+		r.log.Error("encode reply", "topic", t.String(), "id", res.ID, "error", err)
+		return nil
+	}
+	return b
+}
+
+// send publishes a reply on the request's result topic at QoS 1 and, once
+// the broker has acknowledged it, acknowledges the request. A reply that
+// cannot be published is counted and logged, and the request is left
+// unacknowledged, for the broker to redeliver if its session allows.
+func (r *Remote) send(d *delivery, reply []byte) {
+	if reply == nil {
+		return
+	}
+	topic := d.topic.ResultTopic()
+	if err := wait(d.c.Publish(topic, 1, false, reply)); err != nil {
+		r.core.Metrics.Dropped()
+		r.log.Warn("publish reply", "topic", topic, "error", err)
+		return
+	}
+	d.msg.Ack()
+}
+
+// tasks counts the handlers running so that shutdown can wait for them
+// without racing new ones: paho starts a goroutine per message, so a
+// sync.WaitGroup's Add could run concurrently with its Wait.
+type tasks struct {
+	mu     sync.Mutex
+	n      int
+	closed bool
+	zero   chan struct{} // closed while n == 0; nil until the first task
+}
+
+// enter registers a task; false once the tracker is closed.
+func (t *tasks) enter() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return false
+	}
+	if t.n == 0 {
+		t.zero = make(chan struct{})
+	}
+	t.n++
+	return true
+}
+
+func (t *tasks) leave() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.n--
+	if t.n == 0 {
+		close(t.zero)
+	}
+}
+
+// idle returns a channel closed when no task runs (at the time of the call
+// or later).
+func (t *tasks) idle() <-chan struct{} {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n == 0 {
+		c := make(chan struct{})
+		close(c)
+		return c
+	}
+	return t.zero
+}
+
+func (t *tasks) count() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.n
+}
+
+// closeIfIdle closes the tracker if no task runs, and reports whether it did.
+func (t *tasks) closeIfIdle() bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.n == 0 {
+		t.closed = true
+	}
+	return t.closed
+}

@@ -1,0 +1,640 @@
+package worker
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/goleak"
+
+	"github.com/mqttinfer/mqttinfer/api"
+	"github.com/mqttinfer/mqttinfer/broker"
+	"github.com/mqttinfer/mqttinfer/inference"
+	"github.com/mqttinfer/mqttinfer/metrics"
+	"github.com/mqttinfer/mqttinfer/throttle"
+	"github.com/mqttinfer/mqttinfer/topics"
+)
+
+// rtWait bounds every wait of these tests; generous, for a loaded machine.
+const rtWait = 20 * time.Second
+
+// rtSumModel is a small real model: it adds up {"values": [numbers]} and
+// answers anything else with invalid input. It counts its calls; with gate
+// set, each call announces itself on entered and waits for the gate.
+type rtSumModel struct {
+	calls   atomic.Int64
+	entered chan struct{}
+	gate    chan struct{}
+}
+
+func (m *rtSumModel) Info() inference.Info {
+	return inference.Info{Name: "sum", Version: "1", Description: "adds numbers", Cost: 1}
+}
+
+func (m *rtSumModel) Infer(ctx context.Context, req inference.Request) (any, error) {
+	m.calls.Add(1)
+	var in struct {
+		Values []float64 `json:"values"`
+	}
+	if err := json.Unmarshal(req.Input, &in); err != nil {
+		return nil, inference.InvalidInput("input: want {\"values\": [numbers]}: %v", err)
+	}
+	if len(in.Values) == 0 {
+		return nil, inference.InvalidInput("input: \"values\" is empty")
+	}
+	if m.gate != nil {
+		m.entered <- struct{}{}
+		select {
+		case <-m.gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	sum := 0.0
+	for _, v := range in.Values {
+		sum += v
+	}
+	return map[string]float64{"sum": sum}, nil
+}
+
+func rtCore(t *testing.T, m inference.Model, reg prometheus.Registerer) *Core {
+	t.Helper()
+	models := &inference.Registry{}
+	if err := models.Register(m); err != nil {
+		t.Fatal(err)
+	}
+	c := &Core{Models: models}
+	if reg != nil {
+		c.Metrics = metrics.New(reg)
+	}
+	return c
+}
+
+// rtNoLeaks fails the test if goroutines started during it outlive it:
+// paho's and the broker's included. Call it first, so it runs last.
+func rtNoLeaks(t *testing.T) {
+	opt := goleak.IgnoreCurrent()
+	t.Cleanup(func() { goleak.VerifyNone(t, opt) })
+}
+
+func rtBroker(t *testing.T, models func() []string, lim *throttle.Limiter) *broker.Broker {
+	t.Helper()
+	b, err := broker.New(broker.Options{TCPAddr: "127.0.0.1:0", Models: models, Throttle: lim})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Serve(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { b.Close() })
+	return b
+}
+
+// rtMosquitto starts a private Mosquitto on a free port and returns its URL.
+func rtMosquitto(t *testing.T) string {
+	t.Helper()
+	const bin = "/usr/sbin/mosquitto"
+	if _, err := os.Stat(bin); err != nil {
+		if os.Getenv("MQTTINFER_REQUIRE_TESTDATA") == "" {
+			t.Skipf("%s not installed (apt-get install -y mosquitto); set MQTTINFER_REQUIRE_TESTDATA=1 to make this a failure", bin)
+		}
+		t.Fatalf("%s not installed: run apt-get install -y mosquitto (make test does)", bin)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	port := ln.Addr().(*net.TCPAddr).Port
+	ln.Close()
+
+	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
+	cfg := fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\nlog_dest stderr\nlog_type error\nlog_type warning\n", port)
+	if err := os.WriteFile(conf, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	cmd := exec.Command(bin, "-c", conf)
+	cmd.Stdout, cmd.Stderr = &out, &out
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start mosquitto: %v", err)
+	}
+	exited := make(chan struct{})
+	go func() { cmd.Wait(); close(exited) }()
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		<-exited
+		if t.Failed() {
+			t.Logf("mosquitto output:\n%s", out.String())
+		}
+	})
+	deadline := time.Now().Add(rtWait)
+	for {
+		conn, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			conn.Close()
+			return "tcp://" + addr
+		}
+		select {
+		case <-exited:
+			t.Fatalf("mosquitto exited at start-up: %s", out.String())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mosquitto did not listen on %s: %v", addr, err)
+		}
+		time.Sleep(10 * time.Millisecond) // polling the port: nothing to wait on
+	}
+}
+
+func rtOptions(brokerURL, node string) RemoteOptions {
+	return RemoteOptions{
+		Broker:      brokerURL,
+		ClientID:    "worker-" + node,
+		Group:       "workers",
+		Concurrency: 4,
+		DedupTTL:    time.Minute,
+		Node:        node,
+		Version:     "test",
+	}
+}
+
+// rtRun runs a Remote until stop (or the end of the test) and waits until
+// it takes requests.
+func rtRun(t *testing.T, core *Core, opts RemoteOptions) (r *Remote, stop func() error) {
+	t.Helper()
+	r, err := NewRemote(core, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.Run(ctx) }()
+	var once sync.Once
+	var runErr error
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case runErr = <-done:
+			case <-time.After(3 * rtWait):
+				runErr = fmt.Errorf("Run did not return after cancel")
+			}
+		})
+		return runErr
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	select {
+	case <-r.Subscribed():
+	case err := <-done:
+		done <- err
+		t.Fatalf("Run returned before subscribing: %v", err)
+	case <-time.After(rtWait):
+		t.Fatal("remote worker did not subscribe")
+	}
+	return r, stop
+}
+
+// rtClient is an MQTT client (a device, or an observer) collecting what it
+// receives on its filters.
+type rtClient struct {
+	c    mqtt.Client
+	msgs chan mqtt.Message
+}
+
+func rtConnect(t *testing.T, brokerURL, clientID string, filters ...string) *rtClient {
+	t.Helper()
+	cl := &rtClient{msgs: make(chan mqtt.Message, 1024)}
+	o := mqtt.NewClientOptions().AddBroker(brokerURL).SetClientID(clientID).
+		SetCleanSession(true).SetAutoReconnect(false).SetConnectTimeout(rtWait)
+	cl.c = mqtt.NewClient(o)
+	if tok := cl.c.Connect(); !tok.WaitTimeout(rtWait) || tok.Error() != nil {
+		t.Fatalf("connect %s: %v", clientID, tok.Error())
+	}
+	t.Cleanup(func() { cl.c.Disconnect(250) })
+	for _, f := range filters {
+		tok := cl.c.Subscribe(f, 1, func(_ mqtt.Client, m mqtt.Message) { cl.msgs <- m })
+		if !tok.WaitTimeout(rtWait) || tok.Error() != nil {
+			t.Fatalf("subscribe %s: %v", f, tok.Error())
+		}
+	}
+	return cl
+}
+
+func (cl *rtClient) publish(t *testing.T, topic string, payload []byte) {
+	t.Helper()
+	tok := cl.c.Publish(topic, 1, false, payload)
+	if !tok.WaitTimeout(rtWait) || tok.Error() != nil {
+		t.Fatalf("publish %s: %v", topic, tok.Error())
+	}
+}
+
+func (cl *rtClient) next(t *testing.T) mqtt.Message {
+	t.Helper()
+	select {
+	case m := <-cl.msgs:
+		return m
+	case <-time.After(rtWait):
+		t.Fatal("no message received")
+		return nil
+	}
+}
+
+// reply waits for the next message and decodes it as a reply on topic.
+func (cl *rtClient) reply(t *testing.T, topic string) (api.Result, []byte) {
+	t.Helper()
+	m := cl.next(t)
+	if m.Topic() != topic {
+		t.Fatalf("reply on %s, want %s (%s)", m.Topic(), topic, m.Payload())
+	}
+	var res api.Result
+	if err := json.Unmarshal(m.Payload(), &res); err != nil {
+		t.Fatalf("reply %s: %v", m.Payload(), err)
+	}
+	return res, m.Payload()
+}
+
+func rtRequest(id string, values ...any) []byte {
+	b, _ := json.Marshal(map[string]any{"id": id, "input": map[string]any{"values": values}})
+	return b
+}
+
+func TestRemoteEmbeddedBroker(t *testing.T) {
+	rtNoLeaks(t)
+	model := &rtSumModel{}
+	core := rtCore(t, model, nil)
+	b := rtBroker(t, core.Models.Names, nil)
+	url := "tcp://" + b.Addr()
+	rtRun(t, core, rtOptions(url, "node-a"))
+
+	const dev = "dev-1"
+	prefix := topics.DefaultPrefix
+	d := rtConnect(t, url, dev, topics.ResultFilter(prefix, "", dev, ""))
+	resTopic := topics.Result(prefix, "v1", dev, "sum")
+
+	d.publish(t, topics.Request(prefix, "v1", dev, "sum"), rtRequest("a", 1, 2, 3.5))
+	res, _ := d.reply(t, resTopic)
+	if res.Status != 200 || res.ID != "a" || res.Model != "sum" || res.ModelVersion != "1" || string(res.Output) != `{"sum":6.5}` {
+		t.Fatalf("result = %+v (output %s), want 200 with sum 6.5", res, res.Output)
+	}
+
+	d.publish(t, topics.Request(prefix, "v1", dev, "sum"), rtRequest("b", "x"))
+	res, _ = d.reply(t, resTopic)
+	if res.Status != 422 || res.ID != "b" || res.Error == nil || res.Error.Type != api.InvalidInput {
+		t.Fatalf("bad input: reply = %+v, want 422 invalid_input", res)
+	}
+
+	// Without an id the worker makes one up and echoes it.
+	d.publish(t, topics.Request(prefix, "v2", dev, "sum"), []byte(`{"input":{"values":[4]}}`))
+	res, _ = d.reply(t, topics.Result(prefix, "v2", dev, "sum"))
+	if res.Status != 200 || res.ID == "" || string(res.Output) != `{"sum":4}` {
+		t.Fatalf("request without id: reply = %+v", res)
+	}
+
+	// The catalog and the online status are retained on every version.
+	obs := rtConnect(t, url, "observer", topics.Models(prefix, "v1"), topics.StatusFilter(prefix))
+	seen := map[string]string{}
+	for range 1 + len(topics.Versions()) {
+		m := obs.next(t)
+		seen[m.Topic()] = string(m.Payload())
+	}
+	if cat := seen[topics.Models(prefix, "v1")]; !strings.Contains(cat, `"name":"sum"`) {
+		t.Errorf("catalog = %q, want the sum model", cat)
+	}
+	for _, v := range topics.Versions() {
+		var st Status
+		if err := json.Unmarshal([]byte(seen[topics.Status(prefix, v, "node-a")]), &st); err != nil || st.State != "online" || st.Transport != "remote" || st.Version != "test" {
+			t.Errorf("status on %s = %q (%v), want online", v, seen[topics.Status(prefix, v, "node-a")], err)
+		}
+	}
+}
+
+func TestRemoteGroupSplitsRequests(t *testing.T) {
+	rtNoLeaks(t)
+	modelA, modelB := &rtSumModel{}, &rtSumModel{}
+	coreA, coreB := rtCore(t, modelA, nil), rtCore(t, modelB, nil)
+	b := rtBroker(t, coreA.Models.Names, nil)
+	url := "tcp://" + b.Addr()
+	_, stopA := rtRun(t, coreA, rtOptions(url, "node-a"))
+	_, stopB := rtRun(t, coreB, rtOptions(url, "node-b"))
+
+	const dev, n = "dev-1", 40
+	prefix := topics.DefaultPrefix
+	marker := "mqttinfer-test/flush/" + dev // outside the prefix: plain broker traffic
+	d := rtConnect(t, url, dev, topics.ResultFilter(prefix, "", dev, ""), marker)
+	for i := range n {
+		d.publish(t, topics.Request(prefix, "v1", dev, "sum"), rtRequest(fmt.Sprint("r", i), i))
+	}
+	answers := map[string]int{}
+	for range n {
+		res, _ := d.reply(t, topics.Result(prefix, "v1", dev, "sum"))
+		if res.Status != 200 {
+			t.Fatalf("reply %+v, want 200", res)
+		}
+		answers[res.ID]++
+	}
+
+	// Stop both workers (every reply is then with the broker), wait until
+	// the broker has read their DISCONNECTs (so it has routed every reply
+	// before them), then send a marker after which no reply may come.
+	if err := stopA(); err != nil {
+		t.Fatal(err)
+	}
+	if err := stopB(); err != nil {
+		t.Fatal(err)
+	}
+	pollUntil(t, "the workers to leave the broker", func() bool { return b.Clients() == 1 })
+	d.publish(t, marker, []byte("flush"))
+	for m := d.next(t); m.Topic() != marker; m = d.next(t) {
+		var res api.Result
+		json.Unmarshal(m.Payload(), &res)
+		answers[res.ID]++
+	}
+	for i := range n {
+		if id := fmt.Sprint("r", i); answers[id] != 1 {
+			t.Errorf("request %s answered %d times, want once", id, answers[id])
+		}
+	}
+	// Selection among group members is random on mochi: with 40 requests
+	// both workers get some, except with probability 2^-39.
+	a, bb := modelA.calls.Load(), modelB.calls.Load()
+	if a+bb != n || a == 0 || bb == 0 {
+		t.Fatalf("worker A ran %d, worker B %d requests; want %d split between both", a, bb, n)
+	}
+}
+
+func TestRemoteMosquittoThrottle(t *testing.T) {
+	rtNoLeaks(t)
+	url := rtMosquitto(t)
+	// A frozen clock: the buckets do not refill during the test.
+	frozen := time.Unix(1_700_000_000, 0)
+	lim, err := throttle.New(throttle.Config{
+		Default: throttle.Limits{Rate: 1, Burst: 2},
+		Now:     func() time.Time { return frozen },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	core := rtCore(t, &rtSumModel{}, nil)
+	opts := rtOptions(url, "node-m")
+	opts.Throttle = lim
+	opts.MaxRequestSize = 200
+	rtRun(t, core, opts)
+
+	prefix := topics.DefaultPrefix
+	d1 := rtConnect(t, url, "dev-1", topics.ResultFilter(prefix, "", "dev-1", ""))
+	d2 := rtConnect(t, url, "dev-2", topics.ResultFilter(prefix, "", "dev-2", ""))
+	req1, res1 := topics.Request(prefix, "v1", "dev-1", "sum"), topics.Result(prefix, "v1", "dev-1", "sum")
+
+	for i, wantRemaining := range []int{1, 0} {
+		d1.publish(t, req1, rtRequest(fmt.Sprint("ok", i), 1, 1))
+		res, raw := d1.reply(t, res1)
+		if res.Status != 200 || res.RateLimit == nil || res.RateLimit.Limit != 2 || res.RateLimit.Remaining != wantRemaining {
+			t.Fatalf("request %d: reply %s, want 200 with ratelimit limit 2 remaining %d", i, raw, wantRemaining)
+		}
+	}
+	d1.publish(t, req1, rtRequest("over", 1))
+	res, raw := d1.reply(t, res1)
+	if res.Status != 429 || res.ID != "over" || res.Error == nil || res.Error.Type != api.RateLimited ||
+		res.Error.RetryAfterMS != 1000 || !strings.Contains(res.Error.Message, "dev-1") || res.RateLimit == nil {
+		t.Fatalf("third request: reply %s, want 429 rate_limited retry_after_ms 1000 with ratelimit", raw)
+	}
+	// A refused request is retried under the same id once allowed, so it
+	// is not remembered as answered: a copy is refused again, not replayed.
+	d1.publish(t, req1, rtRequest("over", 1))
+	if res, raw := d1.reply(t, res1); res.Status != 429 {
+		t.Fatalf("retry: reply %s, want 429 again", raw)
+	}
+
+	// Another device has its own bucket.
+	d2.publish(t, topics.Request(prefix, "v1", "dev-2", "sum"), rtRequest("x", 2))
+	if res, raw := d2.reply(t, topics.Result(prefix, "v1", "dev-2", "sum")); res.Status != 200 || res.RateLimit == nil || res.RateLimit.Remaining != 1 {
+		t.Fatalf("dev-2: reply %s, want 200 with 1 token left", raw)
+	}
+
+	// On a foreign broker the worker validates requests itself; every
+	// reply carries the device's ratelimit.
+	for _, tc := range []struct {
+		name, version string
+		payload       []byte
+		status        int
+		typ           api.ErrorType
+	}{
+		{"unsupported version", "v9", rtRequest("v", 1), 404, api.UnsupportedVersion},
+		{"too large", "v1", []byte(`{"id":"big","input":{"values":[` + strings.Repeat("1,", 100) + `1]}}`), 413, api.PayloadTooLarge},
+		{"not JSON", "v1", []byte(`{"id":"nj","input":`), 400, api.InvalidRequest},
+		{"unknown model", "v1", rtRequest("um", 1), 404, api.ModelNotFound},
+	} {
+		model := "sum"
+		if tc.typ == api.ModelNotFound {
+			model = "nope"
+		}
+		d1.publish(t, topics.Request(prefix, tc.version, "dev-1", model), tc.payload)
+		res, raw := d1.reply(t, topics.Result(prefix, tc.version, "dev-1", model))
+		if res.Status != tc.status || res.Error == nil || res.Error.Type != tc.typ || res.RateLimit == nil || res.RateLimit.Remaining != 0 {
+			t.Errorf("%s: reply %s, want %d %s with ratelimit (0 left)", tc.name, raw, tc.status, tc.typ)
+		}
+		if tc.typ == api.UnsupportedVersion && len(res.Error.Versions) != len(topics.Versions()) {
+			t.Errorf("%s: versions %v, want %v", tc.name, res.Error.Versions, topics.Versions())
+		}
+		if tc.typ == api.PayloadTooLarge && res.ID != "big" {
+			t.Errorf("%s: id %q, want big", tc.name, res.ID)
+		}
+	}
+}
+
+func TestRemoteDuplicateRunsOnce(t *testing.T) {
+	rtNoLeaks(t)
+	model := &rtSumModel{entered: make(chan struct{}, 1), gate: make(chan struct{})}
+	reg := prometheus.NewRegistry()
+	core := rtCore(t, model, reg)
+	b := rtBroker(t, core.Models.Names, nil)
+	url := "tcp://" + b.Addr()
+	r, _ := rtRun(t, core, rtOptions(url, "node-a"))
+
+	const dev = "dev-1"
+	prefix := topics.DefaultPrefix
+	d := rtConnect(t, url, dev, topics.ResultFilter(prefix, "", dev, ""))
+	req, resTopic := topics.Request(prefix, "v1", dev, "sum"), topics.Result(prefix, "v1", dev, "sum")
+
+	// The first copy runs and blocks in the model; the second arrives
+	// meanwhile and waits for it.
+	d.publish(t, req, rtRequest("same", 2, 3))
+	select {
+	case <-model.entered:
+	case <-time.After(rtWait):
+		t.Fatal("model not called")
+	}
+	d.publish(t, req, rtRequest("same", 2, 3))
+	pollUntil(t, "the copy to wait for the first", func() bool { return r.dedup.Waiting() == 1 })
+	close(model.gate)
+	_, first := d.reply(t, resTopic)
+	_, second := d.reply(t, resTopic)
+	// A later copy is answered from the cache.
+	d.publish(t, req, rtRequest("same", 2, 3))
+	_, third := d.reply(t, resTopic)
+
+	if !bytes.Equal(first, second) || !bytes.Equal(first, third) {
+		t.Fatalf("copies got different replies:\n%s\n%s\n%s", first, second, third)
+	}
+	if !strings.Contains(string(first), `"status":200`) || !strings.Contains(string(first), `"sum":5`) {
+		t.Fatalf("reply %s, want 200 with sum 5", first)
+	}
+	if n := model.calls.Load(); n != 1 {
+		t.Fatalf("model ran %d times for one request id, want 1", n)
+	}
+	if n := rtCounter(t, reg, "mqttinfer_duplicates_total"); n != 2 {
+		t.Fatalf("duplicates_total = %v, want 2", n)
+	}
+}
+
+func rtCounter(t *testing.T, reg *prometheus.Registry, name string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name {
+			sum := 0.0
+			for _, m := range mf.GetMetric() {
+				sum += m.GetCounter().GetValue()
+			}
+			return sum
+		}
+	}
+	return 0
+}
+
+// rtLogWatch is a slog handler that passes every message to a channel, so
+// a test can wait for a step that has no other outside sign.
+type rtLogWatch struct{ msgs chan string }
+
+func (h rtLogWatch) Enabled(context.Context, slog.Level) bool { return true }
+func (h rtLogWatch) Handle(_ context.Context, r slog.Record) error {
+	select {
+	case h.msgs <- r.Message:
+	default:
+	}
+	return nil
+}
+func (h rtLogWatch) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h rtLogWatch) WithGroup(string) slog.Handler      { return h }
+
+func (h rtLogWatch) waitFor(t *testing.T, prefix string) {
+	t.Helper()
+	timeout := time.After(rtWait)
+	for {
+		select {
+		case m := <-h.msgs:
+			if strings.HasPrefix(m, prefix) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("no log message %q", prefix)
+		}
+	}
+}
+
+func TestRemoteGracefulShutdown(t *testing.T) {
+	rtNoLeaks(t)
+	model := &rtSumModel{entered: make(chan struct{}, 1), gate: make(chan struct{})}
+	reg := prometheus.NewRegistry()
+	core := rtCore(t, model, reg)
+	b := rtBroker(t, core.Models.Names, nil)
+	url := "tcp://" + b.Addr()
+	logs := rtLogWatch{msgs: make(chan string, 1000)}
+	opts := rtOptions(url, "node-a")
+	opts.Log = slog.New(logs)
+	_, stop := rtRun(t, core, opts)
+
+	const dev = "dev-1"
+	prefix := topics.DefaultPrefix
+	d := rtConnect(t, url, dev, topics.ResultFilter(prefix, "", dev, ""))
+	d.publish(t, topics.Request(prefix, "v1", dev, "sum"), rtRequest("slow", 20, 22))
+	select {
+	case <-model.entered:
+	case <-time.After(rtWait):
+		t.Fatal("model not called")
+	}
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- stop() }()
+	logs.waitFor(t, "shutting down")
+	select {
+	case err := <-stopped:
+		t.Fatalf("Run returned (%v) with a request in flight", err)
+	default:
+	}
+	close(model.gate)
+	res, raw := d.reply(t, topics.Result(prefix, "v1", dev, "sum"))
+	if res.Status != 200 || res.ID != "slow" || string(res.Output) != `{"sum":42}` {
+		t.Fatalf("in-flight request: reply %s, want 200 with sum 42", raw)
+	}
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(3 * rtWait):
+		t.Fatal("Run did not return")
+	}
+
+	obs := rtConnect(t, url, "observer", topics.StatusFilter(prefix))
+	for range topics.Versions() {
+		m := obs.next(t)
+		var st Status
+		if err := json.Unmarshal(m.Payload(), &st); err != nil || st.State != "offline" || st.Node != "node-a" || !m.Retained() {
+			t.Errorf("status on %s = %s (retained %v), want retained offline", m.Topic(), m.Payload(), m.Retained())
+		}
+	}
+	if n := rtCounter(t, reg, "mqttinfer_requests_total"); n != 1 {
+		t.Errorf("requests_total = %v, want 1", n)
+	}
+}
+
+func TestNewRemoteRejectsBadOptions(t *testing.T) {
+	core := rtCore(t, &rtSumModel{}, nil)
+	good := rtOptions("tcp://127.0.0.1:1883", "node-a")
+	for _, tc := range []struct {
+		name string
+		edit func(*RemoteOptions)
+		want string
+	}{
+		{"no broker", func(o *RemoteOptions) { o.Broker = "" }, "broker URL"},
+		{"broker without scheme", func(o *RemoteOptions) { o.Broker = "localhost:1883" }, "broker URL"},
+		{"group with slash", func(o *RemoteOptions) { o.Group = "a/b" }, "group"},
+		{"no node", func(o *RemoteOptions) { o.Node = "" }, "node id"},
+		{"bad prefix", func(o *RemoteOptions) { o.Prefix = "a/+" }, "prefix"},
+		{"negative size", func(o *RemoteOptions) { o.MaxRequestSize = -1 }, "max request size"},
+	} {
+		opts := good
+		tc.edit(&opts)
+		if _, err := NewRemote(core, opts); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err = %v, want one mentioning %q", tc.name, err, tc.want)
+		}
+	}
+	if _, err := NewRemote(core, good); err != nil {
+		t.Fatalf("good options: %v", err)
+	}
+	if _, err := NewRemote(nil, good); err == nil {
+		t.Fatal("nil core accepted")
+	}
+}
