@@ -1,0 +1,109 @@
+package main
+
+import (
+	"encoding/json"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	devicesim "github.com/mqttinfer/mqttinfer/device-sim"
+	"github.com/mqttinfer/mqttinfer/topics"
+)
+
+func simCmd() *cobra.Command {
+	var o devicesim.Options
+	var qos int
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "sim",
+		Short: "Simulate devices sending inference requests, then print a load report",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			o.QoS = byte(qos)
+			if !asJSON {
+				o.Progress = os.Stderr
+			}
+			rep, runErr := devicesim.Run(cmd.Context(), o)
+			if runErr != nil && rep.Sent == 0 && !rep.Interrupted {
+				return runErr
+			}
+			// An interrupted run still reports what it saw.
+			if asJSON {
+				enc := json.NewEncoder(cmd.OutOrStdout())
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(rep); err != nil {
+					return err
+				}
+			} else if _, err := rep.WriteTo(cmd.OutOrStdout()); err != nil {
+				return err
+			}
+			return runErr
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Broker, "broker", devicesim.DefaultBroker, "broker URL")
+	f.StringVar(&o.Prefix, "prefix", topics.DefaultPrefix, "service topic prefix")
+	f.StringVar(&o.Version, "api", "v1", "API version of the request topics")
+	f.IntVarP(&o.Devices, "devices", "n", 10, "simulated devices, each its own MQTT connection")
+	f.StringVar(&o.IDPrefix, "id-prefix", devicesim.DefaultIDPrefix, "device id prefix (ids are <prefix>0001...)")
+	f.StringVarP(&o.Model, "model", "m", "anomaly", "model to call")
+	f.Float64VarP(&o.Rate, "rate", "r", 1, "requests per second per device")
+	f.IntVar(&o.Requests, "requests", 0, "stop each device after this many requests (0 = until --duration)")
+	f.IntVar(&qos, "qos", 1, "MQTT QoS of requests and results (0 or 1)")
+	f.DurationVarP(&o.Duration, "duration", "d", 10*time.Second, "sending time")
+	f.DurationVar(&o.Drain, "drain", 5*time.Second, "how long to wait for outstanding replies at the end")
+	f.StringVar(&o.Username, "username", "", "username for every device")
+	f.StringVar(&o.Password, "password", "", "password for every device")
+	f.Int64Var(&o.Seed, "seed", 0, "seed of inputs and schedule (0 = random)")
+	f.IntVar(&o.ConnectConcurrency, "connect-concurrency", devicesim.DefaultConnectConcurrency, "devices connecting at once")
+	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
+	return cmd
+}
+
+func watchCmd() *cobra.Command {
+	var o devicesim.WatchOptions
+	cmd := &cobra.Command{
+		Use:   "watch",
+		Short: "Print result traffic readably (all devices and models, or one)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			err := devicesim.Watch(cmd.Context(), o, cmd.OutOrStdout())
+			if cmd.Context().Err() != nil {
+				return nil // interrupted: the normal way to stop watching
+			}
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Broker, "broker", devicesim.DefaultBroker, "broker URL")
+	f.StringVar(&o.Prefix, "prefix", topics.DefaultPrefix, "service topic prefix")
+	f.StringVar(&o.Version, "api", "", "API version to watch (empty = all)")
+	f.StringVar(&o.Device, "device", "", "device to watch (empty = all)")
+	f.StringVar(&o.Model, "model", "", "model to watch (empty = all)")
+	f.StringVar(&o.Username, "username", "", "username (an observer may read all results)")
+	f.StringVar(&o.Password, "password", "", "password")
+	f.BoolVar(&o.JSON, "json", false, "print one JSON object per message")
+	return cmd
+}
+
+func modelsCmd() *cobra.Command {
+	var o devicesim.ModelsOptions
+	cmd := &cobra.Command{
+		Use:   "models",
+		Short: "Print the model catalog the service publishes",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return devicesim.Models(cmd.Context(), o, cmd.OutOrStdout())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Broker, "broker", devicesim.DefaultBroker, "broker URL")
+	f.StringVar(&o.Prefix, "prefix", topics.DefaultPrefix, "service topic prefix")
+	f.StringVar(&o.Version, "api", "v1", "API version of the catalog")
+	f.StringVar(&o.Username, "username", "", "username")
+	f.StringVar(&o.Password, "password", "", "password")
+	f.DurationVar(&o.Timeout, "timeout", 5*time.Second, "how long to wait for the catalog")
+	f.BoolVar(&o.JSON, "json", false, "print the catalog as published")
+	return cmd
+}

@@ -1,0 +1,53 @@
+// Command mqttinfer is an MQTT-based AI inference service for IoT devices.
+//
+//	mqttinfer serve    embedded broker + in-process workers + HTTP (the default node)
+//	mqttinfer worker   a remote worker on any broker (shared subscription)
+//	mqttinfer sim      simulated devices and a load report
+//	mqttinfer watch    result traffic, readably
+//	mqttinfer models   the model catalog
+//	mqttinfer version  the version
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mqttinfer/mqttinfer/service"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+func main() {
+	service.Version = version
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	root := &cobra.Command{
+		Use:           "mqttinfer",
+		Short:         "MQTT-based AI inference service for IoT devices",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.AddCommand(serveCmd(), workerCmd(), simCmd(), watchCmd(), modelsCmd(), versionCmd())
+	if err := root.ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "mqttinfer:", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			fmt.Fprintln(cmd.OutOrStdout(), "mqttinfer", version)
+		},
+	}
+}

@@ -1,0 +1,30 @@
+package main
+
+import (
+	"github.com/spf13/cobra"
+
+	"github.com/mqttinfer/mqttinfer/config"
+	"github.com/mqttinfer/mqttinfer/service"
+)
+
+func workerCmd() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "worker",
+		Short: "Run a remote worker on any MQTT broker (shared subscription)",
+		Long: `Run a remote worker: it connects to --broker, takes requests through the
+shared subscription $share/<group>/<prefix>/+/req/+/+ and publishes results.
+Against the embedded broker of 'mqttinfer serve --in-process=false' the broker
+checks identity and throttles; on any other broker (Mosquitto, EMQX, HiveMQ)
+pass --worker-throttle so that the worker throttles each device itself.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := loadConfig(cmd)
+			if err != nil {
+				return err
+			}
+			return service.RunWorker(cmd.Context(), cfg, cfg.Logger(cmd.ErrOrStderr()))
+		},
+	}
+	config.BindFlags(cmd.Flags())
+	return cmd
+}

@@ -1,0 +1,269 @@
+// Package service assembles a running mqttinfer node from a config.Config:
+// the embedded broker with its hooks, the throttle, the models, the
+// in-process worker pool, the retained catalog and status, and the HTTP
+// gateway. `mqttinfer serve` is this package plus flags; the end-to-end
+// tests start the same assembly on random ports.
+package service
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/mqttinfer/mqttinfer/broker"
+	"github.com/mqttinfer/mqttinfer/config"
+	"github.com/mqttinfer/mqttinfer/gateway"
+	"github.com/mqttinfer/mqttinfer/inference"
+	"github.com/mqttinfer/mqttinfer/metrics"
+	"github.com/mqttinfer/mqttinfer/throttle"
+	"github.com/mqttinfer/mqttinfer/worker"
+)
+
+// Version is the service's version, reported in status messages; main sets it.
+var Version = "dev"
+
+// statusInterval is how often the retained status (with the queue depth) is refreshed.
+const statusInterval = 10 * time.Second
+
+// Service is one running node: broker, workers, models and HTTP.
+type Service struct {
+	cfg      config.Config
+	log      *slog.Logger
+	reg      *prometheus.Registry
+	models   *Models
+	limiter  *throttle.Limiter
+	broker   *broker.Broker
+	pool     *worker.Pool // nil when worker.in_process is off
+	httpSrv  *http.Server
+	httpLn   net.Listener
+	since    string
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	stopOnce sync.Once
+}
+
+// New builds a node from cfg, binding its listeners (so the addresses are
+// known) without serving yet. cfg must have passed Validate.
+func New(cfg config.Config, log *slog.Logger) (*Service, error) {
+	s := &Service{cfg: cfg, log: log, reg: prometheus.NewRegistry()}
+	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := metrics.New(s.reg)
+
+	var err error
+	if s.models, err = NewModels(cfg); err != nil {
+		return nil, err
+	}
+	if cfg.Throttle.Enabled {
+		if s.limiter, err = NewThrottle(cfg, s.models.Registry); err != nil {
+			return nil, err
+		}
+	}
+	core := &worker.Core{
+		Models:          s.models.Registry,
+		DefaultDeadline: cfg.Worker.DefaultDeadline,
+		MaxDeadline:     cfg.Worker.MaxDeadline,
+		Metrics:         m,
+		Log:             log.With("component", "worker"),
+	}
+	opts := broker.Options{
+		Prefix:                 cfg.Prefix,
+		TCPAddr:                cfg.MQTT.TCPAddr,
+		WSAddr:                 cfg.MQTT.WSAddr,
+		MaxPacketSize:          cfg.MQTT.MaxPacketSize,
+		MaxRequestSize:         cfg.MQTT.MaxRequestSize,
+		MaxClientWritesPending: cfg.MQTT.MaxClientWritesPending,
+		MaxClients:             cfg.MQTT.MaxClients,
+		SessionExpiry:          cfg.MQTT.SessionExpiry,
+		Throttle:               s.limiter,
+		Models:                 s.models.Registry.Names,
+		Metrics:                m,
+		Log:                    log.With("component", "broker"),
+	}
+	if cfg.Auth.Enabled {
+		creds, err := config.LoadCredentials(cfg.Auth.CredentialsFile)
+		if err != nil {
+			return nil, err
+		}
+		opts.Credentials = make([]broker.Credential, 0, len(creds))
+		for _, c := range creds {
+			opts.Credentials = append(opts.Credentials, broker.Credential{Username: c.Username, Password: c.Password, Role: broker.Role(c.Role)})
+		}
+	}
+	if cfg.Worker.InProcess {
+		s.pool = worker.NewPool(core, cfg.Worker.PoolSize(), cfg.Worker.QueueSize)
+		opts.Dispatcher = s.pool
+	}
+	if s.broker, err = broker.New(opts); err != nil {
+		return nil, err
+	}
+	if cfg.HTTP.Addr != "" {
+		if s.httpLn, err = net.Listen("tcp", cfg.HTTP.Addr); err != nil {
+			s.broker.Close()
+			return nil, fmt.Errorf("http listener on %s: %w", cfg.HTTP.Addr, err)
+		}
+		s.httpSrv = &http.Server{
+			Handler: gateway.New(gateway.Options{
+				Gatherer: s.reg,
+				Ready:    map[string]gateway.Check{"broker": s.broker.Ready, "workers": s.workersReady},
+			}),
+			ReadHeaderTimeout: 10 * time.Second,
+		}
+	}
+	return s, nil
+}
+
+// Start serves MQTT and HTTP, starts the workers and the housekeeping, and
+// publishes the retained catalog and the online status. It returns at once.
+func (s *Service) Start() error {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.cancel = cancel
+	if s.pool != nil {
+		s.pool.Start(s.broker)
+	}
+	if err := s.broker.Serve(); err != nil {
+		return fmt.Errorf("start broker: %w", err)
+	}
+	if err := s.publishCatalog(); err != nil {
+		return err
+	}
+	s.since = time.Now().UTC().Format(time.RFC3339)
+	s.publishStatus("online")
+	s.goRun(func() { s.refreshStatus(ctx) })
+	if s.limiter != nil {
+		s.goRun(func() { s.limiter.Run(ctx) })
+	}
+	s.goRun(func() { s.models.Run(ctx) })
+	if s.httpSrv != nil {
+		s.goRun(func() {
+			if err := s.httpSrv.Serve(s.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				s.log.Error("http server stopped", "error", err)
+			}
+		})
+	}
+	s.log.Info("mqttinfer serving", "node", s.cfg.Node, "mqtt", s.broker.Addr(), "ws", s.cfg.MQTT.WSAddr,
+		"http", s.HTTPAddr(), "prefix", s.cfg.Prefix, "models", s.models.Registry.Names(),
+		"in_process_workers", s.cfg.Worker.InProcess, "throttle", s.cfg.Throttle.Enabled, "auth", s.cfg.Auth.Enabled)
+	return nil
+}
+
+func (s *Service) goRun(f func()) { s.wg.Go(f) }
+
+// Shutdown stops gracefully: intake stops (new requests are answered 503),
+// queued and running requests finish and are answered, the offline status is
+// published, then the broker and the HTTP server close. When ctx ends first
+// the running models are canceled.
+func (s *Service) Shutdown(ctx context.Context) error {
+	var err error
+	s.stopOnce.Do(func() {
+		if s.pool != nil {
+			err = s.pool.Stop(ctx)
+		}
+		s.publishStatus("offline")
+		if s.cancel != nil {
+			s.cancel()
+		}
+		if s.httpSrv != nil {
+			hctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+			_ = s.httpSrv.Shutdown(hctx)
+			cancel()
+		}
+		s.broker.Close()
+		s.wg.Wait()
+		s.models.Close()
+	})
+	return err
+}
+
+// MQTTAddr is the bound MQTT over TCP address.
+func (s *Service) MQTTAddr() string { return s.broker.Addr() }
+
+// HTTPAddr is the bound HTTP address ("" when HTTP is off).
+func (s *Service) HTTPAddr() string {
+	if s.httpLn == nil {
+		return ""
+	}
+	return s.httpLn.Addr().String()
+}
+
+// HasSubscribers reports whether a client is subscribed to a filter that
+// matches topic on the embedded broker (for tests and diagnostics).
+func (s *Service) HasSubscribers(topic string) bool { return s.broker.HasSubscribers(topic) }
+
+// Registry is the service's Prometheus registry.
+func (s *Service) Registry() *prometheus.Registry { return s.reg }
+
+// Models are the models this node serves.
+func (s *Service) Models() *inference.Registry { return s.models.Registry }
+
+func (s *Service) workersReady(context.Context) error {
+	if s.pool == nil {
+		return nil // remote workers are not this node's to check
+	}
+	if q := s.pool.QueueDepth(); q >= s.cfg.Worker.QueueSize {
+		return fmt.Errorf("request queue is full (%d)", q)
+	}
+	return nil
+}
+
+func (s *Service) publishCatalog() error {
+	msgs, err := worker.Catalog(s.cfg.Prefix, s.models.Registry)
+	if err != nil {
+		return fmt.Errorf("encode catalog: %w", err)
+	}
+	for _, a := range msgs {
+		if err := s.broker.Publish(a.Topic, a.Payload, true, 1); err != nil {
+			return fmt.Errorf("publish catalog on %s: %w", a.Topic, err)
+		}
+	}
+	return nil
+}
+
+func (s *Service) publishStatus(state string) {
+	st := worker.Status{
+		Node:      s.cfg.Node,
+		State:     state,
+		Version:   Version,
+		Transport: "in_process",
+		Models:    s.models.Registry.Names(),
+		Since:     s.since,
+	}
+	if s.pool == nil {
+		st.Transport = "broker_only"
+	} else {
+		st.QueueDepth = s.pool.QueueDepth()
+	}
+	if state == "offline" {
+		st.Since = time.Now().UTC().Format(time.RFC3339)
+	}
+	msgs, err := worker.StatusMessages(s.cfg.Prefix, st)
+	if err != nil {
+		s.log.Error("encode status", "error", err)
+		return
+	}
+	for _, a := range msgs {
+		if err := s.broker.Publish(a.Topic, a.Payload, true, 1); err != nil {
+			s.log.Warn("publish status", "topic", a.Topic, "error", err)
+		}
+	}
+}
+
+func (s *Service) refreshStatus(ctx context.Context) {
+	t := time.NewTicker(statusInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.publishStatus("online")
+		}
+	}
+}
