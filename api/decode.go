@@ -5,15 +5,36 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"math"
+	"strings"
+	"time"
 	"unicode/utf8"
 )
 
+// maxDeadlineMS is the largest deadline_ms whose time.Duration does not
+// overflow (about 292 years); beyond it a deadline would turn negative.
+const maxDeadlineMS = math.MaxInt64 / int64(time.Millisecond)
+
 // DecodeRequest decodes a request body. Any failure is an *Error of type
-// invalid_request whose message names the bad field. The returned Request
-// carries whatever id could be read even on failure, so the reply can echo it.
+// invalid_request whose message names the bad field. On failure the returned
+// Request holds only the id, when one could be read (see PeekID), so the
+// reply can echo it.
+//
+// Field names match case-insensitively, as encoding/json does, and unknown
+// fields are ignored, so newer clients can add fields.
 func DecodeRequest(body []byte) (Request, *Error) {
+	r, e := decodeRequest(body)
+	if e != nil {
+		return Request{ID: r.ID}, e
+	}
+	return r, nil
+}
+
+func decodeRequest(body []byte) (Request, *Error) {
 	var r Request
-	trimmed := bytes.TrimSpace(body)
+	// Only JSON's own whitespace: bytes.TrimSpace would also strip Unicode
+	// spaces such as U+00A0, which no JSON parser accepts.
+	trimmed := bytes.Trim(body, " \t\r\n")
 	if len(trimmed) == 0 {
 		return r, Errorf(InvalidRequest, "empty body: want a JSON object like {\"input\": {...}}")
 	}
@@ -29,9 +50,11 @@ func DecodeRequest(body []byte) (Request, *Error) {
 		r.ID = PeekID(trimmed)
 		return r, decodeError(err)
 	}
-	if dec.More() {
+	// Decoder.More reports false before a stray '}' or ']', so compare the
+	// offset instead: trimmed ends with the object unless data follows it.
+	if off := dec.InputOffset(); off != int64(len(trimmed)) {
 		r.ID = PeekID(trimmed)
-		return r, Errorf(InvalidRequest, "trailing data after the JSON object")
+		return r, Errorf(InvalidRequest, "trailing data after the JSON object at byte %d", off)
 	}
 	if len(r.ID) > MaxRequestIDLen {
 		long := r.ID
@@ -40,6 +63,9 @@ func DecodeRequest(body []byte) (Request, *Error) {
 	}
 	if r.DeadlineMS < 0 {
 		return r, Errorf(InvalidRequest, "field \"deadline_ms\": must be >= 0, got %d", r.DeadlineMS)
+	}
+	if r.DeadlineMS > maxDeadlineMS {
+		return r, Errorf(InvalidRequest, "field \"deadline_ms\": %d is too large, the limit is %d", r.DeadlineMS, maxDeadlineMS)
 	}
 	if isNull(r.Input) {
 		r.Input = nil
@@ -88,30 +114,36 @@ func typeName(kind string) string {
 	return kind
 }
 
-// PeekID returns the top-level "id" of body when it is a JSON string of at
-// most MaxRequestIDLen bytes, even when the rest of the body is broken or of
-// the wrong shape; otherwise "".
+// PeekID returns the id a request body carries when it is a JSON string of
+// at most MaxRequestIDLen bytes, even when the rest of the body is broken or
+// of the wrong shape; otherwise "". It reads the top-level keys the way
+// DecodeRequest does (case-insensitively, the last one wins) and stops at the
+// first syntax error, keeping the id read so far.
 func PeekID(body []byte) string {
 	dec := json.NewDecoder(bytes.NewReader(body))
 	if t, err := dec.Token(); err != nil || t != json.Delim('{') {
 		return ""
 	}
+	id := ""
 	for dec.More() {
 		k, err := dec.Token()
 		if err != nil {
-			return ""
+			break
 		}
-		if k == "id" {
-			v, err := dec.Token()
-			if s, ok := v.(string); err == nil && ok && len(s) <= MaxRequestIDLen {
-				return s
-			}
-			return ""
+		var v json.RawMessage
+		if err := dec.Decode(&v); err != nil {
+			break
 		}
-		var skip json.RawMessage
-		if err := dec.Decode(&skip); err != nil {
-			return ""
+		if key, _ := k.(string); !strings.EqualFold(key, "id") || len(v) == 0 || v[0] != '"' {
+			continue // like DecodeRequest, a non-string id leaves the last one
+		}
+		var s string
+		if json.Unmarshal(v, &s) == nil {
+			id = s
 		}
 	}
-	return ""
+	if len(id) > MaxRequestIDLen {
+		return ""
+	}
+	return id
 }
