@@ -242,4 +242,3 @@ func requireTool(t *testing.T, path, pkg string) {
 	}
 	t.Skip(msg)
 }
-

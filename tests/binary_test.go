@@ -1,0 +1,202 @@
+package tests
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mqttinfer/mqttinfer/api"
+	"github.com/mqttinfer/mqttinfer/topics"
+)
+
+var (
+	buildOnce sync.Once
+	binPath   string
+	buildErr  error
+)
+
+// binary builds the real mqttinfer binary once per test run.
+func binary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "mqttinfer-bin-")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		binPath = filepath.Join(dir, "mqttinfer")
+		out, err := exec.Command("go", "build", "-o", binPath, "../cmd/mqttinfer").CombinedOutput()
+		if err != nil {
+			buildErr = fmt.Errorf("go build: %v: %s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binPath
+}
+
+// proc is a process of the test, stopped with SIGTERM (graceful) at cleanup.
+type proc struct {
+	cmd   *exec.Cmd
+	lines chan string
+	done  chan struct{}
+}
+
+// start runs name with args and env; its stderr and stdout lines are logged
+// and can be waited for.
+func start(t *testing.T, env []string, name string, args ...string) *proc {
+	t.Helper()
+	cmd := exec.Command(name, args...)
+	cmd.Env = append(os.Environ(), env...)
+	r, w, err := os.Pipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = w, w
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	p := &proc{cmd: cmd, lines: make(chan string, 1024), done: make(chan struct{})}
+	go func() {
+		defer close(p.lines)
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			t.Log(filepath.Base(name) + ": " + sc.Text())
+			select {
+			case p.lines <- sc.Text():
+			default:
+			}
+		}
+	}()
+	go func() { _ = cmd.Wait(); r.Close(); close(p.done) }()
+	t.Cleanup(func() {
+		_ = cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+		case <-time.After(wait):
+			_ = cmd.Process.Kill()
+			<-p.done
+		}
+	})
+	return p
+}
+
+// waitLine waits for an output line containing s.
+func (p *proc) waitLine(t *testing.T, s string) {
+	t.Helper()
+	timeout := time.After(wait)
+	for {
+		select {
+		case l, ok := <-p.lines:
+			if !ok {
+				t.Fatalf("process ended before printing %q", s)
+			}
+			if strings.Contains(l, s) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("no line with %q within %s", s, wait)
+		}
+	}
+}
+
+// startMosquitto starts Debian's mosquitto on a free port: the stand-in for
+// HiveMQ or EMQX, a broker that is not ours.
+func startMosquitto(t *testing.T) string {
+	t.Helper()
+	requireTool(t, "/usr/sbin/mosquitto", "mosquitto")
+	port := freePort(t)
+	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
+	err := os.WriteFile(conf, []byte(fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n", port)), 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := start(t, nil, "/usr/sbin/mosquitto", "-c", conf)
+	p.waitLine(t, "running")
+	return fmt.Sprintf("127.0.0.1:%d", port)
+}
+
+// TestRemoteWorkerOnEmbeddedBroker: `serve --in-process=false` checks and
+// throttles, a separate `mqttinfer worker` process answers.
+func TestRemoteWorkerOnEmbeddedBroker(t *testing.T) {
+	bin := binary(t)
+	cfg := testConfig(t)
+	cfg.Worker.InProcess = false
+	cfg.Throttle.Rate = 0.5
+	cfg.Throttle.Burst = 2
+	svc := startService(t, cfg)
+
+	d := newDevice(t, svc.MQTTAddr(), cfg.Prefix, "remote-dev")
+	// Before any worker subscribes, a request is answered 503: nobody serves it.
+	d.request("anomaly", sample("early", 1))
+	if r := d.replyStatus(503); r.Error.Type != api.ModelUnavailable {
+		t.Errorf("no worker: %+v", r.Error)
+	}
+
+	w := start(t, nil, bin, "worker", "--broker", "tcp://"+svc.MQTTAddr(), "--node", "w1", "--log-level", "info")
+	w.waitLine(t, "taking requests")
+	waitFor(t, func() bool { return svc.HasSubscribers(topics.Request(cfg.Prefix, "v1", "x", "anomaly")) })
+
+	// The first token went to the 503 (it was refunded), so the bucket is full again.
+	d.request("anomaly", sample("via-worker", 21))
+	if r := d.replyStatus(200); r.ID != "via-worker" || r.Model != "anomaly" {
+		t.Errorf("result %+v", r)
+	}
+	d.request("anomaly", sample("second", 21))
+	d.replyStatus(200)
+	// The broker throttles before the worker sees anything.
+	d.request("anomaly", sample("third", 21))
+	if r := d.replyStatus(429); r.Error.RetryAfterMS <= 0 {
+		t.Errorf("429 without retry_after_ms: %+v", r.Error)
+	}
+	// A spoofed id is refused by the broker, never reaching the worker.
+	d.publish(topics.Request(cfg.Prefix, "v1", "someone-else", "anomaly"), mustJSON(t, sample("spoof", 1)))
+	d.replyStatus(403)
+}
+
+// TestRemoteWorkerOnMosquitto: a worker on a broker that is not ours
+// throttles each device itself.
+func TestRemoteWorkerOnMosquitto(t *testing.T) {
+	bin := binary(t)
+	addr := startMosquitto(t)
+	w := start(t, []string{"MQTTINFER_THROTTLE_RATE=0.5", "MQTTINFER_THROTTLE_BURST=2"},
+		bin, "worker", "--broker", "tcp://"+addr, "--node", "w-mosq", "--worker-throttle", "--log-level", "info")
+	w.waitLine(t, "taking requests")
+
+	a := newDevice(t, addr, "mqttinfer", "mosq-a")
+	b := newDevice(t, addr, "mqttinfer", "mosq-b")
+	for i := range 2 {
+		a.request("anomaly", sample(fmt.Sprint("a", i), 20))
+		if r := a.replyStatus(200); r.RateLimit == nil || r.RateLimit.Remaining != 1-i {
+			t.Errorf("ratelimit %+v", r.RateLimit)
+		}
+	}
+	a.request("anomaly", sample("a-over", 20))
+	r := a.replyStatus(429)
+	if r.Error.RetryAfterMS <= 0 || r.Error.RetryAfterMS > 2000 || r.ID != "a-over" {
+		t.Errorf("429 %+v", r.Error)
+	}
+	b.request("anomaly", sample("b0", 20))
+	b.replyStatus(200)
+	// Bad input is answered by the worker too.
+	a.publish(topics.Request("mqttinfer", "v1", "mosq-a", "anomaly"), []byte(`{"id":"bad",`))
+	if r := a.replyStatus(400); r.ID != "bad" {
+		t.Errorf("400 %+v", r)
+	}
+
+	// The worker's catalog is retained on Mosquitto, so `mqttinfer models` reads it.
+	out, err := exec.CommandContext(context.Background(), bin, "models", "--broker", "tcp://"+addr).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "anomaly") {
+		t.Errorf("mqttinfer models: %v: %s", err, out)
+	}
+}
