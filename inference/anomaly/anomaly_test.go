@@ -284,9 +284,20 @@ func TestValidInputs(t *testing.T) {
 			t.Errorf("%s: first sample %+v", c.input, r)
 		}
 	}
+	out, err := infer(t, m, "d", `{"sensor":"u","values":[1e-400, -0, 2.5E+3 ,1e100]}`, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []float64
+	for _, r := range out.(BatchResult).Results {
+		got = append(got, r.Value)
+	}
+	if !slices.Equal(got, []float64{0, 0, 2500, 1e100}) {
+		t.Errorf("values parsed as %v", got)
+	}
 	big := make([]float64, MaxBatch)
 	in, _ := json.Marshal(map[string]any{"sensor": "big", "values": big})
-	out, err := infer(t, m, "d", string(in), "")
+	out, err = infer(t, m, "d", string(in), "")
 	if err != nil {
 		t.Fatalf("a batch of MaxBatch values: %v", err)
 	}
@@ -570,23 +581,62 @@ func TestContextCanceled(t *testing.T) {
 	}
 }
 
-func TestMedian(t *testing.T) {
+func TestMedianMAD(t *testing.T) {
 	r := rand.New(rand.NewPCG(11, 11))
+	mid := func(s []float64) float64 {
+		s = slices.Clone(s)
+		slices.Sort(s)
+		n := len(s)
+		return (s[(n-1)/2] + s[n/2]) / 2
+	}
 	for n := 1; n <= Window; n++ {
-		for range 20 {
+		for trial := range 50 {
 			a := make([]float64, n)
 			for i := range a {
-				a[i] = float64(r.IntN(10)) // many ties
+				if trial%2 == 0 {
+					a[i] = float64(r.IntN(7)) // many ties
+				} else {
+					a[i] = r.NormFloat64()
+				}
 			}
-			s := slices.Clone(a)
-			slices.Sort(s)
-			want := s[n/2]
-			if n%2 == 0 {
-				want = (s[n/2-1] + s[n/2]) / 2
+			wantMed := mid(a)
+			dev := make([]float64, n)
+			for i, v := range a {
+				dev[i] = math.Abs(v - wantMed)
 			}
-			if got := medianOf(a); got != want {
-				t.Fatalf("median of %v = %g, want %g", s, got, want)
+			wantMAD := mid(dev)
+			med, mad := medianMAD(slices.Clone(a))
+			if med != wantMed || math.Abs(mad-wantMAD) > 1e-12 {
+				t.Fatalf("medianMAD(%v) = %g, %g; want %g, %g", a, med, mad, wantMed, wantMAD)
 			}
+		}
+	}
+}
+
+// The sorted index of the window stays the sorted unflagged samples
+// through pushes, evictions, spikes and relearns.
+func TestWindowOrder(t *testing.T) {
+	r := rand.New(rand.NewPCG(12, 12))
+	var s series
+	for step := range 5000 {
+		if step%397 == 396 {
+			s.relearn(1 + r.IntN(Window+5))
+		} else {
+			s.push(float64(r.IntN(50)), r.IntN(5) == 0)
+		}
+		var want, got []float64
+		for j := range s.count {
+			i := (s.head + j) % Window
+			if s.flagged&(1<<i) == 0 {
+				want = append(want, s.win[i])
+			}
+		}
+		slices.Sort(want)
+		for _, i := range s.order[:s.nord] {
+			got = append(got, s.win[i])
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("step %d: order gives %v, want %v", step, got, want)
 		}
 	}
 }

@@ -233,17 +233,19 @@ func numbers(raw []byte, name string) ([]float64, error) {
 		if len(out) == MaxBatch {
 			return nil, inference.InvalidInput("%s has more than %d values; split the batch", name, MaxBatch)
 		}
-		elem := name + "[" + strconv.Itoa(len(out)) + "]"
 		if k := kind(raw[i:]); k != "number" {
-			return nil, inference.InvalidInput("%s must be a number, got %s", elem, a(k))
+			return nil, inference.InvalidInput("%s[%d] must be a number, got %s", name, len(out), a(k))
 		}
 		j := i
 		for j < len(raw) && raw[j] != ',' && raw[j] != ']' && !isSpace(raw[j]) {
 			j++
 		}
-		x, err := parseNumber(raw[i:j], elem)
-		if err != nil {
-			return nil, err
+		x, err := strconv.ParseFloat(string(raw[i:j]), 64)
+		if err != nil || math.Abs(x) > MaxAbsValue {
+			// the slow path, which names the element and lets underflow to 0 pass
+			if x, err = parseNumber(raw[i:j], name+"["+strconv.Itoa(len(out))+"]"); err != nil {
+				return nil, err
+			}
 		}
 		out = append(out, x)
 		i = skipSpace(raw, j)

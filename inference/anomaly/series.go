@@ -1,7 +1,9 @@
 package anomaly
 
 import (
+	"cmp"
 	"math"
+	"slices"
 	"sync"
 )
 
@@ -151,21 +153,30 @@ type series struct {
 	lastTS int64
 	hasTS  bool
 
-	// win is a ring of the last Window samples, raw. Bit i of flagged marks
-	// win[i] as a spike, left out of the median and MAD.
+	// win is a ring of the last Window samples, raw: count of them from
+	// slot head on. Bit i of flagged marks win[i] as a spike, left out of
+	// the median and MAD. order[:nord] are the slots of the unflagged
+	// samples sorted by value, kept up to date on every push so the median
+	// and MAD cost a walk, not a sort.
 	win     [Window]float64
 	flagged uint64
-	head    int // index of the oldest sample
-	count   int // samples in the ring
+	order   [Window]uint8
+	nord    uint8
+	head    uint8
+	count   uint8
 }
 
 // floor is the smallest scale taken for a series at level v, so that a
 // perfectly constant series still gives finite scores.
 func floor(v float64) float64 { return relFloor * max(1, math.Abs(v)) }
 
+// push appends x to the window, dropping the oldest sample when it is full.
 func (s *series) push(x float64, spike bool) {
 	i := (s.head + s.count) % Window
 	if s.count == Window {
+		if s.flagged&(1<<i) == 0 {
+			s.unorder(i)
+		}
 		s.head = (s.head + 1) % Window
 	} else {
 		s.count++
@@ -173,8 +184,32 @@ func (s *series) push(x float64, spike bool) {
 	s.win[i] = x
 	if spike {
 		s.flagged |= 1 << i
-	} else {
-		s.flagged &^= 1 << i
+		return
+	}
+	s.flagged &^= 1 << i
+	// upper bound: the first sorted position holding a larger value
+	lo, hi := 0, int(s.nord)
+	for lo < hi {
+		m := int(uint(lo+hi) >> 1)
+		if s.win[s.order[m]] <= x {
+			lo = m + 1
+		} else {
+			hi = m
+		}
+	}
+	copy(s.order[lo+1:s.nord+1], s.order[lo:s.nord])
+	s.order[lo] = i
+	s.nord++
+}
+
+// unorder removes slot i from order.
+func (s *series) unorder(i uint8) {
+	for k := range s.nord {
+		if s.order[k] == i {
+			copy(s.order[k:s.nord-1], s.order[k+1:s.nord])
+			s.nord--
+			return
+		}
 	}
 }
 
@@ -182,22 +217,12 @@ func (s *series) push(x float64, spike bool) {
 // many there are.
 func (s *series) robust() (median, mad float64, n int) {
 	var buf [Window]float64
-	for j := range s.count {
-		i := (s.head + j) % Window
-		if s.flagged&(1<<i) == 0 {
-			buf[n] = s.win[i]
-			n++
-		}
+	n = int(s.nord)
+	for k := range n {
+		buf[k] = s.win[s.order[k]]
 	}
-	if n == 0 {
-		return 0, 0, 0
-	}
-	a := buf[:n]
-	median = medianOf(a)
-	for i, v := range a {
-		a[i] = math.Abs(v - median)
-	}
-	return median, medianOf(a), n
+	median, mad = medianMADSorted(buf[:n])
+	return median, mad, n
 }
 
 // robustScale is the σ estimate from the window: 1.4826·MAD, or, when more
@@ -207,16 +232,11 @@ func (s *series) robustScale(median, mad float64) float64 {
 	sc := madToSigma * mad
 	if sc == 0 {
 		var sum float64
-		var n int
-		for j := range s.count {
-			i := (s.head + j) % Window
-			if s.flagged&(1<<i) == 0 {
-				sum += math.Abs(s.win[i] - median)
-				n++
-			}
+		for _, i := range s.order[:s.nord] {
+			sum += math.Abs(s.win[i] - median)
 		}
-		if n > 0 {
-			sc = meanADToSigma * sum / float64(n)
+		if s.nord > 0 {
+			sc = meanADToSigma * sum / float64(s.nord)
 		}
 	}
 	return max(sc, floor(median))
@@ -246,17 +266,17 @@ func (s *series) start() {
 	sc := s.robustScale(med, mad)
 	lo, hi := med-winsor*sc, med+winsor*sc
 	var sum float64
-	for j := range s.count {
-		sum += min(max(s.win[(s.head+j)%Window], lo), hi)
+	for _, i := range s.order[:s.nord] {
+		sum += min(max(s.win[i], lo), hi)
 	}
-	mean := sum / float64(s.count)
+	mean := sum / float64(n)
 	var ss float64
-	for j := range s.count {
-		d := min(max(s.win[(s.head+j)%Window], lo), hi) - mean
+	for _, i := range s.order[:s.nord] {
+		d := min(max(s.win[i], lo), hi) - mean
 		ss += d * d
 	}
 	s.mean = mean
-	s.vari = ss / float64(s.count-1)
+	s.vari = ss / float64(n-1)
 }
 
 // step takes sample x into the series and fills out with the verdict.
@@ -343,10 +363,15 @@ func nextRun(run int, sum float64) int {
 // samples at the new level, so that one noisy median does not set off a
 // second, false alarm.
 func (s *series) relearn(run int) {
-	run = max(1, min(run, s.count))
-	s.head = (s.head + s.count - run) % Window
-	s.count = run
+	keep := uint8(max(1, min(run, int(s.count))))
+	s.head = (s.head + s.count - keep) % Window
+	s.count = keep
 	s.flagged = 0
+	s.nord = keep
+	for k := range keep {
+		s.order[k] = (s.head + k) % Window
+	}
+	slices.SortFunc(s.order[:keep], func(a, b uint8) int { return cmp.Compare(s.win[a], s.win[b]) })
 	med, _, _ := s.robust()
 	s.mean = med
 	s.up, s.down, s.runUp, s.runDn = 0, 0, 0, 0
@@ -400,73 +425,38 @@ func (s *series) stale(x float64, out *Result) {
 	out.N = s.n
 }
 
-// medianOf returns the median of a (mean of the two middle values for an
-// even length), reordering a.
-func medianOf(a []float64) float64 {
+// medianMAD returns the median of a and the median of the absolute
+// deviations from it (each the mean of the two middle values for an even
+// length), sorting a.
+func medianMAD(a []float64) (median, mad float64) {
+	slices.Sort(a)
+	return medianMADSorted(a)
+}
+
+// medianMADSorted is medianMAD of a sorted a. The deviations are read off
+// by merging the two sides of the median outwards, without a second sort.
+func medianMADSorted(a []float64) (median, mad float64) {
 	n := len(a)
-	k := n / 2
-	selectK(a, k)
-	m := a[k]
-	if n%2 == 1 {
-		return m
+	if n == 0 {
+		return 0, 0
 	}
-	lo := a[0]
-	for _, v := range a[1:k] {
-		lo = max(lo, v)
+	median = (a[(n-1)/2] + a[n/2]) / 2 // |values| <= MaxAbsValue: no overflow
+	// a[:n/2] are <= median <= a[n/2:]; walk both outwards in order of deviation.
+	i, j := n/2-1, n/2
+	var below float64 // the deviation of rank (n-1)/2
+	for r := 0; r <= n/2; r++ {
+		var d float64
+		if j >= n || i >= 0 && median-a[i] <= a[j]-median {
+			d = median - a[i]
+			i--
+		} else {
+			d = a[j] - median
+			j++
+		}
+		if r == (n-1)/2 {
+			below = d
+		}
+		mad = d
 	}
-	return lo + (m-lo)/2
-}
-
-// selectK reorders a so that a[k] is the k-th smallest, everything before
-// it no larger and everything after it no smaller (Hoare's quickselect,
-// median-of-three pivots).
-func selectK(a []float64, k int) {
-	lo, hi := 0, len(a)-1
-	for hi > lo {
-		if hi-lo < 12 {
-			insertion(a[lo : hi+1])
-			return
-		}
-		mid := lo + (hi-lo)/2
-		if a[mid] < a[lo] {
-			a[mid], a[lo] = a[lo], a[mid]
-		}
-		if a[hi] < a[lo] {
-			a[hi], a[lo] = a[lo], a[hi]
-		}
-		if a[hi] < a[mid] {
-			a[hi], a[mid] = a[mid], a[hi]
-		}
-		pivot := a[mid]
-		i, j := lo, hi
-		for i <= j {
-			for a[i] < pivot {
-				i++
-			}
-			for a[j] > pivot {
-				j--
-			}
-			if i <= j {
-				a[i], a[j] = a[j], a[i]
-				i++
-				j--
-			}
-		}
-		switch {
-		case k <= j:
-			hi = j
-		case k >= i:
-			lo = i
-		default:
-			return
-		}
-	}
-}
-
-func insertion(a []float64) {
-	for i := 1; i < len(a); i++ {
-		for j := i; j > 0 && a[j] < a[j-1]; j-- {
-			a[j], a[j-1] = a[j-1], a[j]
-		}
-	}
+	return median, (below + mad) / 2
 }
