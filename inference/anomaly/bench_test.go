@@ -92,3 +92,17 @@ func BenchmarkSeriesMemory(b *testing.B) {
 		runtime.KeepAlive(m)
 	}
 }
+
+// BenchmarkStep is the detector alone on one series, without JSON: ns/op
+// is the core cost of a sample.
+func BenchmarkStep(b *testing.B) {
+	var s series
+	v := noise(2, 1000, 20, 1)
+	p := DefaultParams
+	i := 0
+	for b.Loop() {
+		var out Result
+		s.step(v[i%len(v)], &p, &out)
+		i++
+	}
+}
