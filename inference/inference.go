@@ -25,7 +25,15 @@ type Info struct {
 	// Streaming is true when the model can answer with stream events.
 	Streaming bool   `json:"streaming"`
 	License   string `json:"license,omitempty"`
-	Source    string `json:"source,omitempty"`
+	// Source is where the weights come from, e.g. "npm @ricky0123/vad-web@0.0.31 dist/silero_vad_v5.onnx".
+	Source string `json:"source,omitempty"`
+	// Checksum is the sha256 of the weights file(s) loaded, hex.
+	Checksum string `json:"checksum,omitempty"`
+	// Runtime is what runs the model: "go" or "onnxruntime <version>".
+	Runtime string `json:"runtime,omitempty"`
+	// WarmLatencyMS is one request's latency measured after warm-up at
+	// load time, in milliseconds (0 when not measured).
+	WarmLatencyMS float64 `json:"warm_latency_ms,omitempty"`
 	// Unavailable is set, with the reason, when the model is known but cannot
 	// serve here (its runtime or weights are missing).
 	Unavailable string `json:"unavailable,omitempty"`

@@ -3,9 +3,13 @@
 #   mosquitto          a second, independent broker (stand-in for HiveMQ/EMQX)
 #   mosquitto-clients  mosquitto_pub/_sub: real clients nobody here wrote
 #   python3-statsmodels  ships the Nile river series (real data for the anomaly model)
+#   espeak-ng, sox     synthesised speech at 16 kHz (real audio for the vad model)
+#   darknet            real photos: dog, person, eagle, giraffe, horses (detect model)
+#   python3-skimage    a real scanned page, skimage/data/page.png (ocr model)
+#   fonts-dejavu-core  a TrueType font to render meter readings with known text (ocr model)
 # Runs as root (CI) or through sudo when available.
 set -euo pipefail
-pkgs=(mosquitto mosquitto-clients python3-statsmodels)
+pkgs=(mosquitto mosquitto-clients python3-statsmodels espeak-ng sox darknet python3-skimage fonts-dejavu-core)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
