@@ -79,16 +79,19 @@ func start(t *testing.T, env []string, name string, args ...string) *proc {
 		}
 	}()
 	go func() { _ = cmd.Wait(); r.Close(); close(p.done) }()
-	t.Cleanup(func() {
-		_ = cmd.Process.Signal(syscall.SIGTERM)
-		select {
-		case <-p.done:
-		case <-time.After(wait):
-			_ = cmd.Process.Kill()
-			<-p.done
-		}
-	})
+	t.Cleanup(p.stop)
 	return p
+}
+
+// stop ends the process gracefully (SIGTERM) and waits for it.
+func (p *proc) stop() {
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(wait):
+		_ = p.cmd.Process.Kill()
+		<-p.done
+	}
 }
 
 // waitLine waits for an output line containing s.
@@ -198,5 +201,33 @@ func TestRemoteWorkerOnMosquitto(t *testing.T) {
 	out, err := exec.CommandContext(context.Background(), bin, "models", "--broker", "tcp://"+addr).CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "anomaly") {
 		t.Errorf("mqttinfer models: %v: %s", err, out)
+	}
+}
+
+// TestOneConsumerPerRequest: with the in-process pool on, a remote worker
+// subscribed to the same requests never sees them: each request is
+// answered exactly once, by the pool.
+func TestOneConsumerPerRequest(t *testing.T) {
+	bin := binary(t)
+	cfg := testConfig(t)
+	svc := startService(t, cfg)
+	w := start(t, nil, bin, "worker", "--broker", "tcp://"+svc.MQTTAddr(), "--node", "w-extra", "--log-level", "debug")
+	w.waitLine(t, "taking requests")
+	d := newDevice(t, svc.MQTTAddr(), cfg.Prefix, "once-dev")
+	for i := range 5 {
+		d.request("anomaly", sample(fmt.Sprint("once-", i), 20))
+		d.replyStatus(200)
+	}
+	// A remote worker answers everything it took before it exits; once it
+	// has, and a last request has made the round trip, nothing more may come.
+	w.stop()
+	d.request("anomaly", sample("marker", 20))
+	if r := d.replyStatus(200); r.ID != "marker" {
+		t.Fatalf("got %q before the marker: a request was answered twice", r.ID)
+	}
+	select {
+	case m := <-d.msgs:
+		t.Fatalf("extra reply %s", m.Payload())
+	default:
 	}
 }
