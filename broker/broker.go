@@ -117,7 +117,7 @@ func New(opts Options) (*Broker, error) {
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
 		InlineClient: true,
-		Logger:       quietLogger(opts.Log.With("component", "mqtt")),
+		Logger:       quietLogger(opts.Log.With("lib", "mochi")),
 	})
 	b := &Broker{opts: opts, srv: srv, log: opts.Log, closed: make(chan struct{})}
 
