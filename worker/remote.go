@@ -40,6 +40,8 @@ const (
 	maxReconnectInterval = 30 * time.Second
 	connectTimeout       = 10 * time.Second
 	keepAlive            = 30 * time.Second
+	// maxUnsubscribes caps the UNSUBSCRIBEs sent at shutdown (see unsubscribe).
+	maxUnsubscribes = 4096
 )
 
 // RemoteOptions configure a Remote worker.
@@ -117,6 +119,7 @@ type Remote struct {
 	fatal          chan error // buffered 1: the first unrecoverable error
 	started        atomic.Bool
 	waiting        atomic.Int64 // requests waiting for an inference slot
+	unacked        atomic.Int64 // QoS > 0 requests received and not yet acknowledged
 
 	// workCtx is the context of the models; it outlives Run's context
 	// until the drain timeout so that requests in flight finish.
@@ -254,9 +257,7 @@ func (r *Remote) shutdown(c mqtt.Client, cancelWork context.CancelFunc) {
 	r.stopping = true
 	r.mu.Unlock()
 	if c.IsConnectionOpen() {
-		if err := wait(c.Unsubscribe(r.filter)); err != nil {
-			r.log.Warn("unsubscribe at shutdown", "filter", r.filter, "error", err)
-		}
+		r.unsubscribe(c)
 	}
 	r.log.Info("shutting down: intake stopped, finishing the requests in flight", "in_flight", r.tasks.count())
 
@@ -291,6 +292,28 @@ func (r *Remote) shutdown(c mqtt.Client, cancelWork context.CancelFunc) {
 	r.core.Metrics.WorkerUp("remote", false)
 	c.Disconnect(quiesce)
 	r.log.Info("disconnected", "broker", r.opts.Broker)
+}
+
+// unsubscribe stops intake. mochi (the embedded broker) ignores an
+// UNSUBSCRIBE whose packet id equals the id of one of its own messages in
+// flight to this client, and MQTT 3.1.1's UNSUBACK cannot say so. Requests
+// are acknowledged only once answered, so at shutdown under load many are
+// in flight, and paho's ids, which advance with every reply, run right into
+// them. So the UNSUBSCRIBE is sent under more distinct packet ids than there
+// are requests in flight (with room for a few arriving meanwhile): at least
+// one of them is free. The extra ones are harmless no-ops on any broker.
+func (r *Remote) unsubscribe(c mqtt.Client) {
+	n := min(2*r.unacked.Load()+2, maxUnsubscribes)
+	toks := make([]mqtt.Token, n)
+	for i := range toks {
+		toks[i] = c.Unsubscribe(r.filter)
+	}
+	for _, tok := range toks {
+		if err := wait(tok); err != nil {
+			r.log.Warn("unsubscribe at shutdown", "filter", r.filter, "error", err)
+			return
+		}
+	}
 }
 
 func (r *Remote) clientOptions() *mqtt.ClientOptions {
@@ -449,6 +472,7 @@ type delivery struct {
 	msg      mqtt.Message
 	topic    topics.Topic
 	received time.Time
+	ack      func() // acknowledges msg (once)
 }
 
 func (r *Remote) onMessage(c mqtt.Client, msg mqtt.Message) {
@@ -459,7 +483,17 @@ func (r *Remote) onMessage(c mqtt.Client, msg mqtt.Message) {
 		return
 	}
 	defer r.tasks.leave()
-	r.handle(&delivery{c: c, msg: msg, received: time.Now()})
+	d := &delivery{c: c, msg: msg, received: time.Now()}
+	if msg.Qos() > 0 {
+		r.unacked.Add(1)
+		d.ack = sync.OnceFunc(func() {
+			msg.Ack()
+			r.unacked.Add(-1)
+		})
+	} else {
+		d.ack = func() {}
+	}
+	r.handle(d)
 }
 
 // handle answers one request message: exactly one reply is published (or
@@ -471,7 +505,7 @@ func (r *Remote) handle(d *delivery) {
 	if t.Kind != topics.KindRequest || (err != nil && !errors.Is(err, topics.ErrUnsupportedVersion)) {
 		r.core.Metrics.Rejected("bad_topic")
 		r.log.Warn("message on a malformed request topic dropped: there is no topic to answer on", "topic", d.msg.Topic(), "error", err)
-		d.msg.Ack()
+		d.ack()
 		return
 	}
 	payload := d.msg.Payload()
@@ -637,7 +671,7 @@ func (r *Remote) send(d *delivery, reply []byte) {
 		r.log.Warn("publish reply", "topic", topic, "error", err)
 		return
 	}
-	d.msg.Ack()
+	d.ack()
 }
 
 // tasks counts the handlers running so that shutdown can wait for them

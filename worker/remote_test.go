@@ -229,10 +229,23 @@ func rtConnect(t *testing.T, brokerURL, clientID string, filters ...string) *rtC
 		t.Fatalf("connect %s: %v", clientID, tok.Error())
 	}
 	t.Cleanup(func() { cl.c.Disconnect(250) })
+	if len(filters) == 0 {
+		return cl
+	}
+	// One SUBSCRIBE for all filters: mochi refuses a SUBSCRIBE whose packet
+	// id equals one of its own messages in flight to the client (0x91),
+	// which a second SUBSCRIBE can hit while retained messages arrive.
+	want := map[string]byte{}
 	for _, f := range filters {
-		tok := cl.c.Subscribe(f, 1, func(_ mqtt.Client, m mqtt.Message) { cl.msgs <- m })
-		if !tok.WaitTimeout(rtWait) || tok.Error() != nil {
-			t.Fatalf("subscribe %s: %v", f, tok.Error())
+		want[f] = 1
+	}
+	tok := cl.c.SubscribeMultiple(want, func(_ mqtt.Client, m mqtt.Message) { cl.msgs <- m })
+	if !tok.WaitTimeout(rtWait) || tok.Error() != nil {
+		t.Fatalf("subscribe %v: %v", filters, tok.Error())
+	}
+	for f, code := range tok.(*mqtt.SubscribeToken).Result() {
+		if code >= 0x80 {
+			t.Fatalf("subscribe %s refused: 0x%02x", f, code)
 		}
 	}
 	return cl
@@ -567,6 +580,16 @@ func TestRemoteGracefulShutdown(t *testing.T) {
 
 	const dev = "dev-1"
 	prefix := topics.DefaultPrefix
+	resTopic := topics.Result(prefix, "v1", dev, "sum")
+	// The observer sees the worker's publishes in the order it made them:
+	// first its online status (retained), and at shutdown the reply to the
+	// request in flight before the offline status.
+	obs := rtConnect(t, url, "observer", topics.StatusFilter(prefix), topics.ResultFilter(prefix, "", "", ""))
+	for range topics.Versions() {
+		if m := obs.next(t); !strings.Contains(string(m.Payload()), `"state":"online"`) {
+			t.Fatalf("status %s = %s, want online", m.Topic(), m.Payload())
+		}
+	}
 	d := rtConnect(t, url, dev, topics.ResultFilter(prefix, "", dev, ""))
 	d.publish(t, topics.Request(prefix, "v1", dev, "sum"), rtRequest("slow", 20, 22))
 	select {
@@ -578,13 +601,8 @@ func TestRemoteGracefulShutdown(t *testing.T) {
 	stopped := make(chan error, 1)
 	go func() { stopped <- stop() }()
 	logs.waitFor(t, "shutting down")
-	select {
-	case err := <-stopped:
-		t.Fatalf("Run returned (%v) with a request in flight", err)
-	default:
-	}
 	close(model.gate)
-	res, raw := d.reply(t, topics.Result(prefix, "v1", dev, "sum"))
+	res, raw := d.reply(t, resTopic)
 	if res.Status != 200 || res.ID != "slow" || string(res.Output) != `{"sum":42}` {
 		t.Fatalf("in-flight request: reply %s, want 200 with sum 42", raw)
 	}
@@ -597,9 +615,19 @@ func TestRemoteGracefulShutdown(t *testing.T) {
 		t.Fatal("Run did not return")
 	}
 
-	obs := rtConnect(t, url, "observer", topics.StatusFilter(prefix))
+	if m := obs.next(t); m.Topic() != resTopic {
+		t.Fatalf("after shutdown began, the worker first published %s on %s; want the reply to the request in flight", m.Payload(), m.Topic())
+	}
 	for range topics.Versions() {
 		m := obs.next(t)
+		if !strings.Contains(string(m.Payload()), `"state":"offline"`) {
+			t.Fatalf("after the reply: %s on %s, want the offline status", m.Payload(), m.Topic())
+		}
+	}
+	// The offline status is retained for whoever looks later.
+	late := rtConnect(t, url, "late-observer", topics.StatusFilter(prefix))
+	for range topics.Versions() {
+		m := late.next(t)
 		var st Status
 		if err := json.Unmarshal(m.Payload(), &st); err != nil || st.State != "offline" || st.Node != "node-a" || !m.Retained() {
 			t.Errorf("status on %s = %s (retained %v), want retained offline", m.Topic(), m.Payload(), m.Retained())
@@ -607,6 +635,60 @@ func TestRemoteGracefulShutdown(t *testing.T) {
 	}
 	if n := rtCounter(t, reg, "mqttinfer_requests_total"); n != 1 {
 		t.Errorf("requests_total = %v, want 1", n)
+	}
+}
+
+// With many requests in flight (unacknowledged) at shutdown, the worker
+// still stops taking new ones: on mochi an UNSUBSCRIBE whose packet id is
+// in use by a message in flight to the worker is silently ignored.
+func TestRemoteShutdownStopsIntake(t *testing.T) {
+	rtNoLeaks(t)
+	const inFlight = 12
+	model := &rtSumModel{entered: make(chan struct{}, inFlight), gate: make(chan struct{})}
+	core := rtCore(t, model, nil)
+	core.DefaultDeadline = time.Minute // the requests wait on the test, not on a clock
+	b := rtBroker(t, core.Models.Names, nil)
+	url := "tcp://" + b.Addr()
+	logs := rtLogWatch{msgs: make(chan string, 1000)}
+	opts := rtOptions(url, "node-a")
+	opts.Concurrency = 2
+	opts.Log = slog.New(logs)
+	r, stop := rtRun(t, core, opts)
+
+	const dev = "dev-1"
+	prefix := topics.DefaultPrefix
+	req, resTopic := topics.Request(prefix, "v1", dev, "sum"), topics.Result(prefix, "v1", dev, "sum")
+	d := rtConnect(t, url, dev, topics.ResultFilter(prefix, "", dev, ""))
+	for i := range inFlight {
+		d.publish(t, req, rtRequest(fmt.Sprint("r", i), i))
+	}
+	pollUntil(t, "every request to reach the worker", func() bool {
+		return len(model.entered) == opts.Concurrency && r.waiting.Load() == inFlight-int64(opts.Concurrency)
+	})
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- stop() }()
+	logs.waitFor(t, "shutting down")
+	// Intake has stopped: the broker has no worker left for a new request.
+	d.publish(t, req, rtRequest("late", 1))
+	res, raw := d.reply(t, resTopic)
+	if res.ID != "late" || res.Status != 503 || res.Error == nil || res.Error.Type != api.ModelUnavailable {
+		t.Fatalf("request after shutdown began: reply %s, want 503 model_unavailable from the broker", raw)
+	}
+	close(model.gate)
+	got := map[string]bool{}
+	for range inFlight {
+		res, raw := d.reply(t, resTopic)
+		if res.Status != 200 {
+			t.Fatalf("in-flight request: reply %s, want 200", raw)
+		}
+		got[res.ID] = true
+	}
+	if len(got) != inFlight {
+		t.Fatalf("answered %d distinct requests, want %d", len(got), inFlight)
+	}
+	if err := <-stopped; err != nil {
+		t.Fatalf("Run: %v", err)
 	}
 }
 
