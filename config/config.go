@@ -163,8 +163,42 @@ func (r Remote) PoolSize() int { return poolSize(r.Concurrency) }
 type Models struct {
 	// Costs maps model name to tokens per request, replacing the model's own cost.
 	Costs map[string]int `mapstructure:"costs" yaml:"costs"`
+	// Dir holds the ONNX Runtime library and the model files (`make models`).
+	Dir string `mapstructure:"dir" yaml:"dir"`
+	// Threads is the intra-op threads of each ONNX Runtime session.
+	Threads int `mapstructure:"threads" yaml:"threads"`
 	// Anomaly configures the anomaly model.
 	Anomaly Anomaly `mapstructure:"anomaly" yaml:"anomaly"`
+	// VAD configures the voice activity model.
+	VAD VAD `mapstructure:"vad" yaml:"vad"`
+	// OCR configures the meter and display reading model.
+	OCR OCR `mapstructure:"ocr" yaml:"ocr"`
+	// Detect configures the object detection model.
+	Detect Detect `mapstructure:"detect" yaml:"detect"`
+}
+
+// VAD configures the voice activity model (Silero VAD v5).
+type VAD struct {
+	// MaxStreams is the most device audio streams whose state is carried at once.
+	MaxStreams int `mapstructure:"max_streams" yaml:"max_streams"`
+	// IdleTTL is how long a device's audio stream state is kept without audio.
+	IdleTTL time.Duration `mapstructure:"idle_ttl" yaml:"idle_ttl"`
+}
+
+// OCR configures the meter and display reading model (PP-OCRv4).
+type OCR struct {
+	// MaxPixels is the largest image accepted, in pixels, checked before decoding.
+	MaxPixels int `mapstructure:"max_pixels" yaml:"max_pixels"`
+}
+
+// Detect configures the object detection model (NanoDet-m, COCO).
+type Detect struct {
+	// MaxPixels is the largest image accepted, in pixels, checked before decoding.
+	MaxPixels int `mapstructure:"max_pixels" yaml:"max_pixels"`
+	// MaxBatch is the most images run together in one batch; 1 switches batching off.
+	MaxBatch int `mapstructure:"max_batch" yaml:"max_batch"`
+	// MaxDelay is the longest a request waits for others to fill its batch.
+	MaxDelay time.Duration `mapstructure:"max_delay" yaml:"max_delay"`
 }
 
 // Anomaly configures the streaming anomaly-detection model.
@@ -221,7 +255,12 @@ func defaults() Config {
 			DedupTTL: 2 * time.Minute,
 		},
 		Models: Models{
+			Dir:     ".cache/models",
+			Threads: 1,
 			Anomaly: Anomaly{MaxSeries: 100000, IdleTTL: time.Hour},
+			VAD:     VAD{MaxStreams: 10000, IdleTTL: 5 * time.Minute},
+			OCR:     OCR{MaxPixels: 4_000_000},
+			Detect:  Detect{MaxPixels: 4_000_000, MaxBatch: 8, MaxDelay: 2 * time.Millisecond},
 		},
 	}
 }

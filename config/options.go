@@ -110,10 +110,27 @@ var options = []option{
 
 	{key: "models.costs", def: "none",
 		doc: "Tokens per request by model name (`{anomaly: 1, chat: 20}`), replacing the model's own cost."},
+	{key: "models.dir", flag: "models-dir", usage: "directory of the ONNX Runtime library and model files", unit: "path",
+		doc: "Directory with the ONNX Runtime library and the model files that `make models` fetches (checksums in `models.lock`). A relative path is relative to the working directory. When the runtime or a file is missing, the service still starts and the catalog marks the ONNX models unavailable, with the reason."},
+	{key: "models.threads", flag: "model-threads", usage: "intra-op threads per ONNX Runtime session", unit: "threads",
+		doc: "Intra-op threads of each ONNX Runtime session. 1 is best when the worker pool runs many requests at once; more helps single large requests."},
 	{key: "models.anomaly.max_series", unit: "series",
 		doc: "Most (device, sensor) series the anomaly model tracks; beyond it the least recently used series is dropped."},
 	{key: "models.anomaly.idle_ttl", unit: "duration",
 		doc: "An anomaly series without a sample for this long is forgotten."},
+
+	{key: "models.vad.max_streams", unit: "streams",
+		doc: "Most device audio streams whose recurrent state and context the vad model carries; beyond it the least recently used stream is dropped."},
+	{key: "models.vad.idle_ttl", unit: "duration",
+		doc: "A device's audio stream state is forgotten after this long without audio (the next chunk starts a new stream)."},
+	{key: "models.ocr.max_pixels", unit: "pixels",
+		doc: "Largest image the ocr model accepts, checked from the image header before decoding; larger images are answered 422."},
+	{key: "models.detect.max_pixels", unit: "pixels",
+		doc: "Largest image the detect model accepts, checked from the image header before decoding; larger images are answered 422."},
+	{key: "models.detect.max_batch", unit: "images",
+		doc: "Most images the detect model runs in one batch (dynamic batching); 1 switches batching off."},
+	{key: "models.detect.max_delay", unit: "duration",
+		doc: "Longest a detect request waits for others to fill its batch."},
 }
 
 // envName is the environment variable of a dotted key.

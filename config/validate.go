@@ -173,6 +173,28 @@ func (c Config) Validate(knownModels []string) error {
 		bad("models.anomaly.max_series", c.Models.Anomaly.MaxSeries, "must be at least 1")
 	}
 	positive(bad, "models.anomaly.idle_ttl", c.Models.Anomaly.IdleTTL)
+	if c.Models.Dir == "" {
+		bad("models.dir", c.Models.Dir, "must not be empty")
+	}
+	if c.Models.Threads < 1 {
+		bad("models.threads", c.Models.Threads, "must be at least 1 thread")
+	}
+	if c.Models.VAD.MaxStreams < 1 {
+		bad("models.vad.max_streams", c.Models.VAD.MaxStreams, "must be at least 1")
+	}
+	positive(bad, "models.vad.idle_ttl", c.Models.VAD.IdleTTL)
+	if c.Models.OCR.MaxPixels < 1 {
+		bad("models.ocr.max_pixels", c.Models.OCR.MaxPixels, "must be at least 1 pixel")
+	}
+	if c.Models.Detect.MaxPixels < 1 {
+		bad("models.detect.max_pixels", c.Models.Detect.MaxPixels, "must be at least 1 pixel")
+	}
+	if c.Models.Detect.MaxBatch < 1 {
+		bad("models.detect.max_batch", c.Models.Detect.MaxBatch, "must be at least 1 image")
+	}
+	if c.Models.Detect.MaxDelay < 0 {
+		bad("models.detect.max_delay", c.Models.Detect.MaxDelay, "must not be negative")
+	}
 
 	return errors.Join(errs...)
 }
