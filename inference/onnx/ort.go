@@ -11,7 +11,7 @@ import (
 
 var (
 	initOnce sync.Once
-	initErr  error = fmt.Errorf("%w: not initialised", ErrUnavailable)
+	errInit  error = fmt.Errorf("%w: not initialised", ErrUnavailable)
 	inited   bool
 )
 
@@ -22,16 +22,16 @@ func Init(libPath string) error {
 	initOnce.Do(func() {
 		ort.SetSharedLibraryPath(libPath)
 		if err := ort.InitializeEnvironment(ort.WithLogLevelError()); err != nil {
-			initErr = fmt.Errorf("%w: load %s: %v", ErrUnavailable, libPath, err)
+			errInit = fmt.Errorf("%w: load %s: %v", ErrUnavailable, libPath, err)
 			return
 		}
-		initErr, inited = nil, true
+		errInit, inited = nil, true
 	})
-	return initErr
+	return errInit
 }
 
 // Available reports nil once Init succeeded, else why the runtime is unavailable.
-func Available() error { return initErr }
+func Available() error { return errInit }
 
 // Version is the loaded runtime's version ("" before Init).
 func Version() string {
