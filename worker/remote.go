@@ -11,6 +11,7 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/mqttinfer/mqttinfer/api"
 	"github.com/mqttinfer/mqttinfer/broker"
@@ -341,6 +342,7 @@ func (r *Remote) clientOptions() *mqtt.ClientOptions {
 		SetConnectTimeout(connectTimeout).
 		SetKeepAlive(keepAlive).
 		SetBinaryWill(r.willTopic, r.willPayload, 1, true).
+		SetStore(copyingStore{mqtt.NewMemoryStore()}).
 		SetOnConnectHandler(r.onConnect).
 		SetConnectionLostHandler(r.onConnectionLost).
 		SetConnectionNotificationHandler(r.onNotification).
@@ -672,6 +674,22 @@ func (r *Remote) send(d *delivery, reply []byte) {
 		return
 	}
 	d.ack()
+}
+
+// copyingStore is paho's memory store, keeping a copy of each PUBLISH
+// instead of the packet being sent. After a reconnect paho resends the
+// stored publishes and sets their DUP flag in place, while publishes made
+// meanwhile (announcements from the connect handler, replies) are being
+// written by the new connection: a data race on the very packet. With a
+// copy in the store, resume marks the copy.
+type copyingStore struct{ mqtt.Store }
+
+func (s copyingStore) Put(key string, m packets.ControlPacket) {
+	if p, ok := m.(*packets.PublishPacket); ok {
+		c := *p
+		m = &c
+	}
+	s.Store.Put(key, m)
 }
 
 // tasks counts the handlers running so that shutdown can wait for them

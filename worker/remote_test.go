@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"os"
@@ -689,6 +690,125 @@ func TestRemoteShutdownStopsIntake(t *testing.T) {
 	}
 	if err := <-stopped; err != nil {
 		t.Fatalf("Run: %v", err)
+	}
+}
+
+// rtProxy forwards TCP connections to a broker and can cut them all, as a
+// network failure would.
+type rtProxy struct {
+	ln     net.Listener
+	target string
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  []net.Conn
+}
+
+func rtStartProxy(t *testing.T, target string) *rtProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &rtProxy{ln: ln, target: target}
+	p.wg.Add(1)
+	go p.accept()
+	t.Cleanup(func() {
+		ln.Close()
+		p.cut()
+		p.wg.Wait()
+	})
+	return p
+}
+
+func (p *rtProxy) accept() {
+	defer p.wg.Done()
+	for {
+		down, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		up, err := net.Dial("tcp", p.target)
+		if err != nil {
+			down.Close()
+			continue
+		}
+		p.mu.Lock()
+		p.conns = append(p.conns, down, up)
+		p.mu.Unlock()
+		p.wg.Add(2)
+		go p.pipe(down, up)
+		go p.pipe(up, down)
+	}
+}
+
+func (p *rtProxy) pipe(dst, src net.Conn) {
+	defer p.wg.Done()
+	io.Copy(dst, src)
+	dst.Close()
+	src.Close()
+}
+
+// cut closes every connection through the proxy; new ones are still accepted.
+func (p *rtProxy) cut() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, c := range p.conns {
+		c.Close()
+	}
+	p.conns = nil
+}
+
+// A worker whose connection breaks leaves its will (offline, on the latest
+// version's status topic), reconnects, announces itself again and
+// subscribes again: with a clean session the broker forgot the subscription.
+func TestRemoteReconnects(t *testing.T) {
+	rtNoLeaks(t)
+	core := rtCore(t, &rtSumModel{}, nil)
+	b := rtBroker(t, core.Models.Names, nil)
+	url := "tcp://" + b.Addr()
+	proxy := rtStartProxy(t, b.Addr())
+	logs := rtLogWatch{msgs: make(chan string, 1000)}
+	opts := rtOptions("tcp://"+proxy.ln.Addr().String(), "node-a")
+	opts.Log = slog.New(logs)
+	rtRun(t, core, opts)
+	logs.waitFor(t, "taking requests")
+
+	const dev = "dev-1"
+	prefix := topics.DefaultPrefix
+	obs := rtConnect(t, url, "observer", topics.StatusFilter(prefix))
+	for range topics.Versions() {
+		if m := obs.next(t); !strings.Contains(string(m.Payload()), `"state":"online"`) {
+			t.Fatalf("status %s = %s, want online", m.Topic(), m.Payload())
+		}
+	}
+	d := rtConnect(t, url, dev, topics.ResultFilter(prefix, "", dev, ""))
+	req, resTopic := topics.Request(prefix, "v1", dev, "sum"), topics.Result(prefix, "v1", dev, "sum")
+
+	proxy.cut()
+	// The broker publishes the will when it notices the broken connection;
+	// the worker announces itself again once reconnected. Which comes first
+	// is a race (mochi sends the will of a taken-over session from the old
+	// connection's goroutine), so only the set is checked.
+	logs.waitFor(t, "taking requests")
+	seen := map[string]int{}
+	for range 1 + len(topics.Versions()) {
+		m := obs.next(t)
+		var st Status
+		if err := json.Unmarshal(m.Payload(), &st); err != nil {
+			t.Fatalf("status %s: %v", m.Payload(), err)
+		}
+		seen[m.Topic()+" "+st.State]++
+	}
+	want := map[string]int{topics.Status(prefix, topics.Latest(), "node-a") + " offline": 1}
+	for _, v := range topics.Versions() {
+		want[topics.Status(prefix, v, "node-a")+" online"]++
+	}
+	if fmt.Sprint(seen) != fmt.Sprint(want) {
+		t.Fatalf("status messages after the connection broke: %v, want the will on the latest version and online on every version: %v", seen, want)
+	}
+	d.publish(t, req, rtRequest("after", 1, 2))
+	if res, raw := d.reply(t, resTopic); res.Status != 200 || res.ID != "after" {
+		t.Fatalf("after reconnecting: reply %s, want 200", raw)
 	}
 }
 
