@@ -761,12 +761,18 @@ func (p *rtProxy) cut() {
 // A worker whose connection breaks leaves its will (offline, on the latest
 // version's status topic), reconnects, announces itself again and
 // subscribes again: with a clean session the broker forgot the subscription.
+//
+// This runs on Mosquitto: mochi v2.7.9 has a race when a client reconnects
+// with the same client id before the broker has finished closing its old
+// connection (the old connection's clean-up checks IsTakenOver, then
+// deletes the client id from the client map and its subscriptions, which by
+// then may be the new connection's), and paho's first reconnect attempt is
+// immediate. About 1 run in 40 lost the worker's new session that way.
 func TestRemoteReconnects(t *testing.T) {
 	rtNoLeaks(t)
 	core := rtCore(t, &rtSumModel{}, nil)
-	b := rtBroker(t, core.Models.Names, nil)
-	url := "tcp://" + b.Addr()
-	proxy := rtStartProxy(t, b.Addr())
+	url := rtMosquitto(t)
+	proxy := rtStartProxy(t, strings.TrimPrefix(url, "tcp://"))
 	logs := rtLogWatch{msgs: make(chan string, 1000)}
 	opts := rtOptions("tcp://"+proxy.ln.Addr().String(), "node-a")
 	opts.Log = slog.New(logs)
