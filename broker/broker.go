@@ -16,10 +16,12 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"strconv"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mqttinfer/mqttinfer/api"
 	"github.com/mqttinfer/mqttinfer/metrics"
@@ -192,6 +194,34 @@ func (b *Broker) Publish(topic string, payload []byte, retain bool, qos byte) er
 	return b.srv.Publish(topic, payload, retain, qos)
 }
 
+// Reply publishes a reply (a result, an error or a stream event) to a
+// request: on its MQTT 5 response topic with the correlation data echoed and
+// the status as a user property, or on the device's result topic.
+func (b *Broker) Reply(r *Request, payload []byte, status int) error {
+	return b.publish(r.replyTopic(), payload, r.QoS, r.CorrelationData, r.ResponseTopic != "", status)
+}
+
+func (b *Broker) publish(topic string, payload []byte, qos byte, corr []byte, v5 bool, status int) error {
+	if !v5 {
+		return b.srv.Publish(topic, payload, false, qos)
+	}
+	cl, ok := b.srv.Clients.Get(mqtt.InlineClientId)
+	if !ok {
+		return errors.New("broker has no inline client")
+	}
+	return b.srv.InjectPacket(cl, packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos},
+		TopicName:   topic,
+		Payload:     payload,
+		PacketID:    uint16(qos),
+		Properties: packets.Properties{
+			CorrelationData: corr,
+			ContentType:     "application/json",
+			User:            []packets.UserProperty{{Key: "status", Val: strconv.Itoa(status)}},
+		},
+	})
+}
+
 // Clients is the number of connected MQTT clients, the service's own excluded.
 func (b *Broker) Clients() int {
 	n := 0
@@ -235,6 +265,25 @@ type Request struct {
 	// Done must be called exactly once when the request is answered; it
 	// releases the device's in-flight slot.
 	Done func()
+	// Settle, called at most once, settles the device's throttle to what the
+	// request really cost in tokens (metered models charge their cost up
+	// front). Never nil.
+	Settle func(tokens int)
+
+	// ProtocolVersion is the requester's MQTT version (4 = 3.1.1, 5).
+	ProtocolVersion byte
+	// ResponseTopic and CorrelationData are set for an MQTT 5 request that
+	// asked for its reply there; "" means the device's result topic.
+	ResponseTopic   string
+	CorrelationData []byte
+}
+
+// replyTopic is where replies to r go.
+func (r *Request) replyTopic() string {
+	if r.ResponseTopic != "" {
+		return r.ResponseTopic
+	}
+	return r.Topic.ResultTopic()
 }
 
 // Dispatcher takes accepted requests off the broker's read path. Dispatch must

@@ -2,6 +2,7 @@ package broker
 
 import (
 	"errors"
+	"strings"
 	"sync"
 	"time"
 
@@ -23,6 +24,31 @@ type inbound struct {
 	rl       *api.RateLimit // set by the throttle stage
 	release  func()         // set by the throttle stage: gives back the in-flight slot
 	refund   func()         // set by the throttle stage: gives back the tokens
+	settle   func(int)      // set by the throttle stage: settles to the tokens really used
+}
+
+// responseTopic is the MQTT 5 response topic the request asked for, when
+// the service may publish there: outside the prefix, or one of the
+// sender's own result topics. Anything else gets the default result topic,
+// so that a device cannot make the service publish into others' topics.
+func (in *inbound) responseTopic() string {
+	rt := in.pk.Properties.ResponseTopic
+	if rt == "" || in.cl.Properties.ProtocolVersion != 5 || strings.ContainsAny(rt, "+#") || strings.HasPrefix(rt, "$") {
+		return ""
+	}
+	if !topics.Under(in.topic.Prefix, rt) {
+		return rt
+	}
+	if t, err := topics.Parse(in.topic.Prefix, rt); err == nil && t.Kind == topics.KindResult && t.Device == in.sender {
+		return rt
+	}
+	return ""
+}
+
+// Canceler is implemented by dispatchers that can cancel a queued or running
+// request; it reports whether there was one.
+type Canceler interface {
+	Cancel(device, id string) bool
 }
 
 // stage is one concern of the request path. check returns the error to
@@ -104,14 +130,25 @@ func (h *requestHook) handOff(in *inbound) (packets.Packet, error) {
 	if release == nil {
 		release = func() {}
 	}
+	if in.body.Cancel {
+		return h.cancel(in)
+	}
 	if d := h.b.opts.Dispatcher; d != nil {
+		settle := func(int) {}
+		if in.settle != nil {
+			settle = in.settle
+		}
 		r := &Request{
-			Topic:     in.topic,
-			Body:      in.body,
-			QoS:       in.pk.FixedHeader.Qos,
-			Received:  in.received,
-			RateLimit: in.rl,
-			Done:      sync.OnceFunc(release),
+			Topic:           in.topic,
+			Body:            in.body,
+			QoS:             in.pk.FixedHeader.Qos,
+			Received:        in.received,
+			RateLimit:       in.rl,
+			Done:            sync.OnceFunc(release),
+			Settle:          settle,
+			ProtocolVersion: in.cl.Properties.ProtocolVersion,
+			ResponseTopic:   in.responseTopic(),
+			CorrelationData: in.pk.Properties.CorrelationData,
 		}
 		if err := d.Dispatch(r); err != nil {
 			release()
@@ -138,6 +175,23 @@ func (h *requestHook) handOff(in *inbound) (packets.Packet, error) {
 	return in.pk, nil
 }
 
+// cancel hands a device's cancel request to the dispatcher; the canceled
+// request itself is then answered 499. Without a dispatcher the cancel goes
+// on to the remote workers.
+func (h *requestHook) cancel(in *inbound) (packets.Packet, error) {
+	c, ok := h.b.opts.Dispatcher.(Canceler)
+	if !ok {
+		if h.b.opts.Dispatcher == nil {
+			return in.pk, nil
+		}
+		return h.reject(in, api.Errorf(api.InvalidRequest, "this service cannot cancel requests"))
+	}
+	if !c.Cancel(in.sender, in.body.ID) {
+		return h.reject(in, api.Errorf(api.InvalidRequest, "no queued or running request with id %q to cancel", in.body.ID))
+	}
+	return in.pk, packets.CodeSuccessIgnore
+}
+
 // reject answers a request with an error on the sender's own result topic.
 func (h *requestHook) reject(in *inbound, e *api.Error) (packets.Packet, error) {
 	m := h.b.opts.Metrics
@@ -159,22 +213,20 @@ func (h *requestHook) reject(in *inbound, e *api.Error) (packets.Packet, error) 
 	if res.RateLimit == nil && e.Type != api.Forbidden && h.b.opts.Throttle != nil {
 		res.RateLimit = peekRateLimit(h.b.opts.Throttle, in.sender, in.topic.Model)
 	}
-	h.b.reply(in.topic.Version, in.sender, in.topic.Model, in.pk.FixedHeader.Qos, res)
+	h.b.opts.Metrics.Request(in.topic.Version, in.topic.Model, res.Status)
+	if payload, err := api.Marshal(in.topic.Version, res); err != nil {
+		h.b.log.Error("encode reply", "error", err)
+	} else {
+		topic, rt := topics.Result(h.b.opts.Prefix, in.topic.Version, in.sender, in.topic.Model), in.responseTopic()
+		if rt != "" {
+			topic = rt
+		}
+		if err := h.b.publish(topic, payload, in.pk.FixedHeader.Qos, in.pk.Properties.CorrelationData, rt != "", res.Status); err != nil {
+			h.b.log.Warn("publish reply", "device", in.sender, "error", err)
+		}
+	}
 	if e.Type == api.RateLimited && in.cl.Properties.ProtocolVersion == 5 && in.pk.FixedHeader.Qos > 0 {
 		return in.pk, packets.ErrQuotaExceeded // PUBACK 0x97
 	}
 	return in.pk, packets.CodeSuccessIgnore
-}
-
-// reply publishes a result or error to a device's result topic and counts it.
-func (b *Broker) reply(version, device, model string, qos byte, res api.Result) {
-	b.opts.Metrics.Request(version, model, res.Status)
-	payload, err := api.Marshal(version, res)
-	if err != nil {
-		b.log.Error("encode reply", "error", err)
-		return
-	}
-	if err := b.Publish(topics.Result(b.opts.Prefix, version, device, model), payload, false, qos); err != nil {
-		b.log.Warn("publish reply", "device", device, "error", err)
-	}
 }

@@ -14,6 +14,9 @@ type throttleStage struct {
 }
 
 func (s *throttleStage) check(in *inbound) *api.Error {
+	if in.body.Cancel {
+		return nil // a cancel costs nothing
+	}
 	d := s.l.Allow(in.sender, in.topic.Model)
 	in.rl = RateLimit(d)
 	if !d.Allowed {
@@ -25,6 +28,11 @@ func (s *throttleStage) check(in *inbound) *api.Error {
 	device, cost := in.sender, d.Cost
 	in.release = func() { s.l.Done(device) }
 	in.refund = func() { s.l.Refund(device, cost) }
+	in.settle = func(used int) {
+		if used < cost {
+			s.l.Refund(device, cost-used)
+		}
+	}
 	return nil
 }
 

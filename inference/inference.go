@@ -137,3 +137,11 @@ func (r *Registry) Catalog() Catalog {
 	}
 	return c
 }
+
+// Metered is implemented by model outputs that report what a request really
+// consumed (an LLM's tokens). Transports send usage to the device with the
+// final stream event and settle the device's throttle to tokens, after
+// charging the model's cost up front.
+type Metered interface {
+	Usage() (usage any, tokens int)
+}

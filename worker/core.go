@@ -61,38 +61,35 @@ func (c *Core) Deadline(j Job) time.Time {
 
 // Run answers one job: a result with the model's output, or an error reply.
 // It never panics on a model's failure: a panicking model is answered 500.
-func (c *Core) Run(ctx context.Context, j Job) (res api.Result) {
-	res = c.run(ctx, j)
-	res.RateLimit = j.RateLimit
+func (c *Core) Run(ctx context.Context, j Job) api.Result {
+	res, _ := c.Do(ctx, j)
 	return res
 }
 
-func (c *Core) run(ctx context.Context, j Job) api.Result {
-	fail := func(e *api.Error) api.Result { return api.ErrorResult(j.Request.ID, j.Model, e) }
-	if j.Request.Cancel {
-		return fail(api.Errorf(api.InvalidRequest, "no running stream with id %q to cancel", j.Request.ID))
-	}
-	m, ok := c.Models.Get(j.Model)
-	if !ok {
-		names := c.Models.Names()
-		e := api.Errorf(api.ModelNotFound, "model %q does not exist; models: %s", j.Model, strings.Join(names, ", "))
-		e.Models = names
+// Do is Run that also returns what the request really cost in throttle
+// tokens when the model's output is metered (inference.Metered), else -1.
+func (c *Core) Do(ctx context.Context, j Job) (res api.Result, tokens int) {
+	res, tokens = c.do(ctx, j)
+	res.RateLimit = j.RateLimit
+	return res, tokens
+}
+
+func (c *Core) do(ctx context.Context, j Job) (api.Result, int) {
+	fail := func(e *api.Error) (api.Result, int) { return api.ErrorResult(j.Request.ID, j.Model, e), -1 }
+	m, info, e := c.lookup(j)
+	if e != nil {
 		return fail(e)
 	}
-	info := m.Info()
-	if info.Unavailable != "" {
-		return fail(api.Errorf(api.ModelUnavailable, "model %q is not available here: %s", j.Model, info.Unavailable))
+	ctx, cancel, e := c.deadline(ctx, j)
+	if e != nil {
+		return fail(e)
 	}
-	deadline := c.Deadline(j)
-	if now := time.Now(); !now.Before(deadline) {
-		return fail(api.Errorf(api.DeadlineExceeded, "request waited %s before a worker took it, past its deadline of %s",
-			now.Sub(j.Received).Round(time.Millisecond), deadline.Sub(j.Received)))
-	}
-	ctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 
 	start := time.Now()
-	out, err := c.infer(ctx, m, inference.Request{Device: j.Device, Input: j.Request.Input, Params: j.Request.Params})
+	out, err := c.guard(func() (any, error) {
+		return m.Infer(ctx, inference.Request{Device: j.Device, Input: j.Request.Input, Params: j.Request.Params})
+	})
 	elapsed := time.Since(start)
 	c.Metrics.Inference(j.Model, elapsed.Seconds())
 	if err != nil {
@@ -103,6 +100,10 @@ func (c *Core) run(ctx context.Context, j Job) api.Result {
 		c.log().Error("encode model output", "model", j.Model, "error", err)
 		return fail(api.Errorf(api.InferenceFailed, "model %q returned an output that cannot be encoded", j.Model))
 	}
+	tokens := -1
+	if mt, ok := out.(inference.Metered); ok {
+		_, tokens = mt.Usage()
+	}
 	return api.Result{
 		ID:           j.Request.ID,
 		Model:        j.Model,
@@ -110,16 +111,50 @@ func (c *Core) run(ctx context.Context, j Job) api.Result {
 		Status:       api.StatusOK,
 		Output:       raw,
 		LatencyMS:    float64(elapsed.Microseconds()) / 1000,
-	}
+	}, tokens
 }
 
-func (c *Core) infer(ctx context.Context, m inference.Model, req inference.Request) (out any, err error) {
+// lookup finds the job's model and checks that it can serve.
+func (c *Core) lookup(j Job) (inference.Model, inference.Info, *api.Error) {
+	if j.Request.Cancel {
+		return nil, inference.Info{}, api.Errorf(api.InvalidRequest, "no running request with id %q to cancel", j.Request.ID)
+	}
+	m, ok := c.Models.Get(j.Model)
+	if !ok {
+		names := c.Models.Names()
+		e := api.Errorf(api.ModelNotFound, "model %q does not exist; models: %s", j.Model, strings.Join(names, ", "))
+		e.Models = names
+		return nil, inference.Info{}, e
+	}
+	info := m.Info()
+	if info.Unavailable != "" {
+		return nil, info, api.Errorf(api.ModelUnavailable, "model %q is not available here: %s", j.Model, info.Unavailable)
+	}
+	return m, info, nil
+}
+
+// deadline bounds ctx by the job's deadline, or says it has passed already.
+func (c *Core) deadline(ctx context.Context, j Job) (context.Context, context.CancelFunc, *api.Error) {
+	if errors.Is(context.Cause(ctx), errCanceledByDevice) {
+		return nil, nil, api.Errorf(api.Canceled, "request %q was canceled by the device", j.Request.ID)
+	}
+	deadline := c.Deadline(j)
+	if now := time.Now(); !now.Before(deadline) {
+		return nil, nil, api.Errorf(api.DeadlineExceeded, "request waited %s before a worker took it, past its deadline of %s",
+			now.Sub(j.Received).Round(time.Millisecond), deadline.Sub(j.Received))
+	}
+	ctx, cancel := context.WithDeadline(ctx, deadline)
+	return ctx, cancel, nil
+}
+
+// guard runs a model call, turning a panic into an error.
+func (c *Core) guard(f func() (any, error)) (out any, err error) {
 	defer func() {
 		if p := recover(); p != nil {
 			err = fmt.Errorf("model panicked: %v", p)
 		}
 	}()
-	return m.Infer(ctx, req)
+	return f()
 }
 
 func (c *Core) classify(ctx context.Context, j Job, err error) *api.Error {
@@ -127,6 +162,8 @@ func (c *Core) classify(ctx context.Context, j Job, err error) *api.Error {
 	switch {
 	case errors.As(err, &ie):
 		return api.Errorf(api.InvalidInput, "%s", ie.Msg)
+	case errors.Is(context.Cause(ctx), errCanceledByDevice):
+		return api.Errorf(api.Canceled, "request %q was canceled by the device", j.Request.ID)
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return api.Errorf(api.DeadlineExceeded, "model %q did not finish before the request's deadline", j.Model)
 	case errors.Is(err, context.Canceled) || ctx.Err() != nil:

@@ -138,14 +138,15 @@ func TestCoreDeadlineCap(t *testing.T) {
 	}
 }
 
-// recorder is a Publisher that keeps what it was given.
+// recorder is a Replier that keeps the last reply per result topic.
 type recorder struct {
 	mu   sync.Mutex
 	msgs map[string][]byte
 	got  chan string
 }
 
-func (r *recorder) Publish(topic string, payload []byte, retain bool, qos byte) error {
+func (r *recorder) Reply(req *broker.Request, payload []byte, status int) error {
+	topic := req.Topic.ResultTopic()
 	r.mu.Lock()
 	r.msgs[topic] = payload
 	r.mu.Unlock()

@@ -7,29 +7,54 @@ import (
 
 	"github.com/mqttinfer/mqttinfer/api"
 	"github.com/mqttinfer/mqttinfer/broker"
-	"github.com/mqttinfer/mqttinfer/topics"
 )
 
-// Publisher sends a message from the service; *broker.Broker is one.
-type Publisher interface {
-	Publish(topic string, payload []byte, retain bool, qos byte) error
+// Replier sends a reply to a request that came through the embedded broker;
+// *broker.Broker is one.
+type Replier interface {
+	Reply(r *broker.Request, payload []byte, status int) error
 }
 
-// Pool is the in-process transport: the embedded broker's request hook hands
-// accepted requests to Dispatch, a bounded queue, and a fixed set of worker
-// goroutines runs them through the Core and publishes the replies through
-// the broker's inline client: no second network hop.
+// Task is one request for the pool, from whichever front door: the job and
+// where its replies go.
+type Task struct {
+	Job Job
+	// Result receives the reply of a request that is not streamed.
+	Result func(api.Result)
+	// Event receives every event of a streamed request (the model streams
+	// and the request asked for it), the final done or error event last.
+	Event func(api.StreamEvent)
+	// Done, when set, is called once after the last reply.
+	Done func()
+	// Settle, when set, is called with the throttle tokens the request
+	// really cost, for models whose output is metered.
+	Settle func(tokens int)
+}
+
+type task struct {
+	Task
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	key    string
+}
+
+// Pool runs requests on a fixed set of worker goroutines fed by a bounded
+// queue. It is the in-process transport of the embedded broker (Dispatch:
+// no second network hop, replies leave through the broker's inline client)
+// and the engine behind the HTTP gateway (Submit): one path, two front doors.
 type Pool struct {
 	core    *Core
 	workers int
-	queue   chan *broker.Request
+	queue   chan *task
 
-	mu     sync.RWMutex // guards closed against Dispatch sending on a closed queue
-	closed bool
-	pub    Publisher
-	wg     sync.WaitGroup
-	ctx    context.Context
-	cancel context.CancelFunc
+	mu      sync.Mutex // guards closed (against sends on a closed queue) and running
+	closed  bool
+	running map[string]*task // by device and request id, for Cancel
+
+	replier Replier
+	wg      sync.WaitGroup
+	ctx     context.Context
+	cancel  context.CancelFunc
 }
 
 // NewPool creates a pool of workers goroutines with a queue of queueSize
@@ -39,15 +64,17 @@ func NewPool(core *Core, workers, queueSize int) *Pool {
 	return &Pool{
 		core:    core,
 		workers: max(workers, 1),
-		queue:   make(chan *broker.Request, max(queueSize, 1)),
+		queue:   make(chan *task, max(queueSize, 1)),
+		running: make(map[string]*task),
 		ctx:     ctx,
 		cancel:  cancel,
 	}
 }
 
-// Start starts the workers; replies go out through pub.
-func (p *Pool) Start(pub Publisher) {
-	p.pub = pub
+// Start starts the workers; replies to broker requests go out through r
+// (nil when the pool only serves Submit).
+func (p *Pool) Start(r Replier) {
+	p.replier = r
 	for range p.workers {
 		p.wg.Add(1)
 		go p.work()
@@ -55,22 +82,74 @@ func (p *Pool) Start(pub Publisher) {
 	p.core.Metrics.WorkerUp("in_process", true)
 }
 
-// Dispatch queues a request without blocking. A full queue, or a pool that
-// is stopping, is an *api.Error of type overloaded (503): the service's
-// capacity, not the device's fault.
-func (p *Pool) Dispatch(r *broker.Request) error {
-	p.mu.RLock()
-	defer p.mu.RUnlock()
+// Core is the core the pool runs requests on.
+func (p *Pool) Core() *Core { return p.core }
+
+// Submit queues a task without blocking. A full queue, or a pool that is
+// stopping, is an *api.Error of type overloaded (503): the service's
+// capacity, not the client's fault.
+func (p *Pool) Submit(t Task) error {
+	tk := &task{Task: t, key: cancelKey(t.Job.Device, t.Job.Request.ID)}
+	tk.ctx, tk.cancel = context.WithCancelCause(p.ctx)
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	if p.closed {
+		tk.cancel(nil)
 		return api.Errorf(api.Overloaded, "the service is shutting down")
 	}
 	select {
-	case p.queue <- r:
+	case p.queue <- tk:
+		if _, dup := p.running[tk.key]; !dup {
+			p.running[tk.key] = tk
+		}
 		p.core.Metrics.QueueDepth(1)
 		return nil
 	default:
+		tk.cancel(nil)
 		return api.Errorf(api.Overloaded, "the request queue is full (%d waiting); retry later", cap(p.queue))
 	}
+}
+
+// Cancel cancels the queued or running request id of device; the request
+// is answered 499 canceled. It reports whether there was such a request.
+func (p *Pool) Cancel(device, id string) bool {
+	p.mu.Lock()
+	tk, ok := p.running[cancelKey(device, id)]
+	p.mu.Unlock()
+	if ok {
+		tk.cancel(errCanceledByDevice)
+	}
+	return ok
+}
+
+func cancelKey(device, id string) string { return device + "\x00" + id }
+
+// Dispatch takes a request from the embedded broker (broker.Dispatcher).
+func (p *Pool) Dispatch(r *broker.Request) error {
+	send := func(v any, status int) {
+		payload, err := api.Marshal(r.Topic.Version, v)
+		if err != nil {
+			p.core.log().Error("encode reply", "error", err)
+			return
+		}
+		if err := p.replier.Reply(r, payload, status); err != nil {
+			p.core.log().Warn("publish reply", "device", r.Topic.Device, "error", err)
+		}
+	}
+	return p.Submit(Task{
+		Job: Job{
+			Version:   r.Topic.Version,
+			Device:    r.Topic.Device,
+			Model:     r.Topic.Model,
+			Request:   r.Body,
+			Received:  r.Received,
+			RateLimit: r.RateLimit,
+		},
+		Result: func(res api.Result) { send(res, res.Status) },
+		Event:  func(ev api.StreamEvent) { send(ev, ev.Status) },
+		Done:   r.Done,
+		Settle: r.Settle,
+	})
 }
 
 // Stop stops intake, lets the workers finish every queued and running
@@ -99,38 +178,48 @@ func (p *Pool) Stop(ctx context.Context) error {
 	return err
 }
 
-func (p *Pool) work() {
-	defer p.wg.Done()
-	for r := range p.queue {
-		p.core.Metrics.QueueDepth(-1)
-		p.handle(r)
-	}
-}
-
-func (p *Pool) handle(r *broker.Request) {
-	defer r.Done()
-	p.core.Metrics.QueueWait(time.Since(r.Received).Seconds())
-	p.core.Metrics.Busy(1)
-	res := p.core.Run(p.ctx, Job{
-		Version:   r.Topic.Version,
-		Device:    r.Topic.Device,
-		Model:     r.Topic.Model,
-		Request:   r.Body,
-		Received:  r.Received,
-		RateLimit: r.RateLimit,
-	})
-	p.core.Metrics.Busy(-1)
-	p.core.Metrics.Request(r.Topic.Version, r.Topic.Model, res.Status)
-	payload, err := api.Marshal(r.Topic.Version, res)
-	if err != nil {
-		p.core.log().Error("encode result", "error", err)
-		return
-	}
-	topic := topics.Result(r.Topic.Prefix, r.Topic.Version, r.Topic.Device, r.Topic.Model)
-	if err := p.pub.Publish(topic, payload, false, r.QoS); err != nil {
-		p.core.log().Warn("publish result", "topic", topic, "error", err)
-	}
-}
-
 // QueueDepth is the number of requests waiting for a worker.
 func (p *Pool) QueueDepth() int { return len(p.queue) }
+
+func (p *Pool) work() {
+	defer p.wg.Done()
+	for tk := range p.queue {
+		p.core.Metrics.QueueDepth(-1)
+		p.handle(tk)
+	}
+}
+
+func (p *Pool) handle(tk *task) {
+	defer func() {
+		p.mu.Lock()
+		if p.running[tk.key] == tk {
+			delete(p.running, tk.key)
+		}
+		p.mu.Unlock()
+		tk.cancel(nil)
+		if tk.Done != nil {
+			tk.Done()
+		}
+	}()
+	j := tk.Job
+	p.core.Metrics.QueueWait(time.Since(j.Received).Seconds())
+	p.core.Metrics.Busy(1)
+	defer p.core.Metrics.Busy(-1)
+	var status, tokens int
+	if tk.Event != nil && p.core.Streams(j) {
+		var final api.StreamEvent
+		final, tokens = p.core.RunStream(tk.ctx, j, tk.Event)
+		status = final.Status
+	} else {
+		var res api.Result
+		res, tokens = p.core.Do(tk.ctx, j)
+		status = res.Status
+		if tk.Result != nil {
+			tk.Result(res)
+		}
+	}
+	p.core.Metrics.Request(j.Version, j.Model, status)
+	if tokens >= 0 && tk.Settle != nil {
+		tk.Settle(tokens)
+	}
+}

@@ -1,0 +1,118 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/mqttinfer/mqttinfer/api"
+	"github.com/mqttinfer/mqttinfer/inference"
+)
+
+// streamTestModel streams the words of {"text": "..."} one by one; with
+// "wait" it stops after the first word until released or canceled.
+type streamTestModel struct{ release chan struct{} }
+
+type streamOut struct {
+	Words int `json:"words"`
+}
+
+func (o streamOut) Usage() (any, int) { return map[string]int{"words": o.Words}, o.Words }
+
+func (m *streamTestModel) Info() inference.Info {
+	return inference.Info{Name: "words", Version: "1", Cost: 10, Streaming: true}
+}
+
+func (m *streamTestModel) Infer(ctx context.Context, req inference.Request) (any, error) {
+	return m.InferStream(ctx, req, func(any) error { return nil })
+}
+
+func (m *streamTestModel) InferStream(ctx context.Context, req inference.Request, emit func(any) error) (any, error) {
+	var in struct {
+		Text string `json:"text"`
+		Wait bool   `json:"wait"`
+	}
+	if err := json.Unmarshal(req.Input, &in); err != nil || in.Text == "" {
+		return nil, inference.InvalidInput("input.text: want a non-empty string")
+	}
+	words := strings.Fields(in.Text)
+	for i, w := range words {
+		if err := emit(map[string]string{"word": w}); err != nil {
+			return nil, err
+		}
+		if i == 0 && in.Wait {
+			select {
+			case <-m.release:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+	}
+	return streamOut{Words: len(words)}, nil
+}
+
+func TestPoolStreamsAndCancels(t *testing.T) {
+	model := &streamTestModel{release: make(chan struct{})}
+	core := &Core{Models: coreTestRegistry(t, model), DefaultDeadline: time.Minute}
+	pool := NewPool(core, 2, 4)
+	pool.Start(nil)
+	t.Cleanup(func() { _ = pool.Stop(context.Background()) })
+
+	var done chan struct{}
+	run := func(id, input string, stream bool) (chan api.StreamEvent, chan api.Result, chan int) {
+		events, results, settled := make(chan api.StreamEvent, 16), make(chan api.Result, 1), make(chan int, 1)
+		done = make(chan struct{})
+		finished := done
+		err := pool.Submit(Task{
+			Job: Job{Version: "v1", Device: "d1", Model: "words", Received: time.Now(),
+				Request: api.Request{ID: id, Input: json.RawMessage(input), Stream: stream}},
+			Result: func(r api.Result) { results <- r },
+			Event:  func(ev api.StreamEvent) { events <- ev },
+			Settle: func(n int) { settled <- n },
+			Done:   func() { close(finished) },
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return events, results, settled
+	}
+
+	events, _, settled := run("s1", `{"text":"one two three"}`, true)
+	for seq, want := range []string{"one", "two", "three"} {
+		ev := <-events
+		if ev.Event != api.EventDelta || ev.Seq != seq || ev.ID != "s1" || !strings.Contains(string(ev.Delta), want) {
+			t.Fatalf("event %d: %+v", seq, ev)
+		}
+	}
+	if ev := <-events; ev.Event != api.EventDone || ev.Seq != 3 || ev.Status != 200 || string(ev.Usage) != `{"words":3}` {
+		t.Fatalf("final %+v (usage %s)", ev, ev.Usage)
+	}
+	if n := <-settled; n != 3 {
+		t.Errorf("settled %d tokens, want 3", n)
+	}
+
+	// Not asking for a stream gets one result.
+	_, results, _ := run("s2", `{"text":"a b"}`, false)
+	if r := <-results; r.Status != 200 || string(r.Output) != `{"words":2}` {
+		t.Errorf("result %+v", r)
+	}
+
+	// A device cancels a running stream: it ends with one 499 error event.
+	events, _, _ = run("s3", `{"text":"x y z","wait":true}`, true)
+	if ev := <-events; ev.Event != api.EventDelta {
+		t.Fatalf("first event %+v", ev)
+	}
+	if !pool.Cancel("d1", "s3") {
+		t.Fatal("Cancel found no running request")
+	}
+	ev := <-events
+	if ev.Event != api.EventError || ev.Status != 499 || ev.Error.Type != api.Canceled || ev.Seq != 1 {
+		t.Fatalf("after cancel: %+v", ev)
+	}
+	<-done
+	if pool.Cancel("d1", "s3") || pool.Cancel("d1", "nope") {
+		t.Error("Cancel of a finished or unknown request reported true")
+	}
+}
