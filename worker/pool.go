@@ -19,6 +19,9 @@ type Replier interface {
 // where its replies go.
 type Task struct {
 	Job Job
+	// Context, when set, ends the request early when it ends (an HTTP client
+	// that went away): the model is stopped and the request counted 499.
+	Context context.Context
 	// Result receives the reply of a request that is not streamed.
 	Result func(api.Result)
 	// Event receives every event of a streamed request (the model streams
@@ -35,6 +38,7 @@ type task struct {
 	Task
 	ctx    context.Context
 	cancel context.CancelCauseFunc
+	stop   func() bool // unregisters the watch on Task.Context
 	key    string
 }
 
@@ -91,9 +95,14 @@ func (p *Pool) Core() *Core { return p.core }
 func (p *Pool) Submit(t Task) error {
 	tk := &task{Task: t, key: cancelKey(t.Job.Device, t.Job.Request.ID)}
 	tk.ctx, tk.cancel = context.WithCancelCause(p.ctx)
+	tk.stop = func() bool { return false }
+	if t.Context != nil {
+		tk.stop = context.AfterFunc(t.Context, func() { tk.cancel(errCanceledByDevice) })
+	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
+		tk.stop()
 		tk.cancel(nil)
 		return api.Errorf(api.Overloaded, "the service is shutting down")
 	}
@@ -105,6 +114,7 @@ func (p *Pool) Submit(t Task) error {
 		p.core.Metrics.QueueDepth(1)
 		return nil
 	default:
+		tk.stop()
 		tk.cancel(nil)
 		return api.Errorf(api.Overloaded, "the request queue is full (%d waiting); retry later", cap(p.queue))
 	}
@@ -196,6 +206,7 @@ func (p *Pool) handle(tk *task) {
 			delete(p.running, tk.key)
 		}
 		p.mu.Unlock()
+		tk.stop()
 		tk.cancel(nil)
 		if tk.Done != nil {
 			tk.Done()
