@@ -10,6 +10,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -148,7 +149,8 @@ func Describe() inference.Info {
 }
 
 // New loads FileName from cfg.Dir (onnx.Init must have succeeded), warms the
-// session up and measures one warm frame's latency.
+// session up and measures the latency of one warm 32 ms frame through the
+// model (Info().WarmLatencyMS; without JSON decoding).
 func New(cfg Config) (*Model, error) {
 	if cfg.MaxSamples <= 0 {
 		cfg.MaxSamples = DefaultMaxSamples
@@ -177,25 +179,27 @@ func New(cfg Config) (*Model, error) {
 	m := &Model{cfg: cfg, sess: sess, streams: make(map[string]*stream)}
 	m.lru.prev, m.lru.next = &m.lru, &m.lru
 
-	// Warm up on a few frames of a tone, then time one more frame.
+	// Warm up on frames of a tone, then time a few more: the median is the
+	// warm latency of one frame.
 	var st state
 	frame := make([]float32, FrameSamples)
 	for i := range frame {
 		frame[i] = float32(0.3 * math.Sin(2*math.Pi*220*float64(i)/SampleRate))
 	}
 	l := DefaultParams.limits()
-	for range 3 {
+	var times []time.Duration
+	for i := range 15 {
+		t0 := time.Now()
 		if _, err := m.process(context.Background(), &st, frame, &l); err != nil {
 			sess.Close()
 			return nil, fmt.Errorf("vad: warm-up: %w", err)
 		}
+		if i >= 10 {
+			times = append(times, time.Since(t0))
+		}
 	}
-	t0 := time.Now()
-	if _, err := m.process(context.Background(), &st, frame, &l); err != nil {
-		sess.Close()
-		return nil, fmt.Errorf("vad: warm-up: %w", err)
-	}
-	warm := time.Since(t0)
+	slices.Sort(times)
+	warm := times[len(times)/2]
 
 	m.info = Describe()
 	m.info.Input = inputSchema(cfg.MaxSamples)
