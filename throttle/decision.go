@@ -16,6 +16,9 @@ const (
 	ReasonRate Reason = "rate"
 	// ReasonInFlight: the device already has MaxInFlight requests unfinished.
 	ReasonInFlight Reason = "in_flight"
+	// ReasonTooLarge: a batch (AllowN) costs more than the device's burst,
+	// so it can never pass; it must be split.
+	ReasonTooLarge Reason = "too_large"
 )
 
 // A Decision is the outcome of Allow or Peek for one request, with what a
@@ -114,6 +117,9 @@ func ceilMillis(d time.Duration) int64 {
 // device's operator, such as "device d1 is over 5 req/s (burst 10)" or
 // "device d1 has 4 requests in flight (limit 4)".
 func (d Decision) Describe(device string) string {
+	if d.Reason == ReasonTooLarge {
+		return fmt.Sprintf("this batch costs %d tokens, more than device %s's bucket holds (burst %d): split it", d.Cost, device, d.Limits.Burst)
+	}
 	rate := strconv.FormatFloat(d.Limits.Rate, 'f', -1, 64)
 	switch d.Reason {
 	case ReasonRate:

@@ -319,7 +319,14 @@ func (l *Limiter) match(id string) int32 {
 //
 // Allow keeps no reference to device, so passing a substring of a larger
 // string (such as a topic) does not keep that string alive.
-func (l *Limiter) Allow(device, model string) Decision {
+func (l *Limiter) Allow(device, model string) Decision { return l.AllowN(device, model, 1) }
+
+// AllowN is Allow for a batch of n requests for model taken as one: it
+// costs n times the model's cost and one in-flight slot. A batch that costs
+// more than the device's burst can never pass: it is refused with
+// ReasonTooLarge and RetryAfter 0 (split it). n below 1 counts as 1.
+func (l *Limiter) AllowN(device, model string, n int) Decision {
+	n = max(n, 1)
 	k, s := l.lookup(device)
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -330,7 +337,7 @@ func (l *Limiter) Allow(device, model string) Decision {
 		pi := l.match(device)
 		p := &l.profiles[pi]
 		if !p.tracked {
-			return decide(p, p.cost(model), 0, 0)
+			return decide(p, p.cost(model)*n, 0, 0)
 		}
 		d = newDeviceState(pi, p.limits)
 		s.devices[k] = d
@@ -339,8 +346,13 @@ func (l *Limiter) Allow(device, model string) Decision {
 	d.seen = now.UnixNano()
 
 	p := &l.profiles[d.profile]
-	cost := p.cost(model)
+	cost := p.cost(model) * n
 	limited := p.limits.rateLimited()
+	if limited && cost > p.limits.Burst {
+		dec := decide(p, cost, int(d.inFlight), d.bucket.TokensAt(now))
+		dec.Allowed, dec.Reason, dec.RetryAfter = false, ReasonTooLarge, 0
+		return dec
+	}
 	var tokens float64
 	if limited {
 		tokens = d.bucket.TokensAt(now)

@@ -633,3 +633,20 @@ func bytesPerDevice(tb testing.TB, n int) float64 {
 	runtime.KeepAlive(l)
 	return float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / float64(n)
 }
+
+func TestAllowNBatches(t *testing.T) {
+	c := newClock()
+	l := mustNew(t, c.config(Config{Default: Limits{Rate: 1, Burst: 10}, Costs: map[string]int{"m": 2}}))
+	d := l.AllowN("d", "m", 3)
+	if !d.Allowed || d.Cost != 6 || d.Remaining != 4 {
+		t.Fatalf("batch of 3: %+v", d)
+	}
+	l.Done("d")
+	if d := l.AllowN("d", "m", 3); d.Allowed || d.Reason != ReasonRate || d.RetryAfter != 2*time.Second {
+		t.Fatalf("second batch: %+v", d)
+	}
+	d = l.AllowN("d", "m", 6)
+	if d.Allowed || d.Reason != ReasonTooLarge || d.RetryAfter != 0 || !strings.Contains(d.Describe("d"), "split") {
+		t.Fatalf("batch over the burst: %+v %q", d, d.Describe("d"))
+	}
+}
