@@ -142,7 +142,7 @@ func BenchmarkMemory(b *testing.B) {
 		runtime.GC()
 		b.ReportMetric(float64(rss(b)-before)/models/(1<<20), "MB_rss/model")
 
-		const streams = 5000
+		const streams = 2000
 		m := ms[0]
 		in := pcmInput(whiteNoise(FrameSamples+FrameSamples-1, 0.05, 3), "")
 		var hb, ha runtime.MemStats
