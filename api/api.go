@@ -103,6 +103,9 @@ type Request struct {
 	ID string `json:"id,omitempty"`
 	// Input is the model-specific input, kept raw for the model to decode.
 	Input json.RawMessage `json:"input,omitempty"`
+	// Inputs is a batch of inputs (v2 only): the reply carries one entry of
+	// Outputs per input, in order.
+	Inputs []json.RawMessage `json:"inputs,omitempty"`
 	// Params are model-specific options.
 	Params json.RawMessage `json:"params,omitempty"`
 	// Stream asks for stream events when the model streams.
@@ -131,10 +134,19 @@ type Result struct {
 	ModelVersion string          `json:"model_version,omitempty"`
 	Status       int             `json:"status"`
 	Output       json.RawMessage `json:"output,omitempty"`
-	Error        *Error          `json:"error,omitempty"`
-	LatencyMS    float64         `json:"latency_ms,omitempty"`
-	RateLimit    *RateLimit      `json:"ratelimit,omitempty"`
-	Deprecation  string          `json:"deprecation,omitempty"`
+	// Outputs answers a v2 batch (Request.Inputs), one Item per input.
+	Outputs     []Item     `json:"outputs,omitempty"`
+	Error       *Error     `json:"error,omitempty"`
+	LatencyMS   float64    `json:"latency_ms,omitempty"`
+	RateLimit   *RateLimit `json:"ratelimit,omitempty"`
+	Deprecation string     `json:"deprecation,omitempty"`
+}
+
+// Item is one input's answer in a v2 batch: an output (Status 200) or an error.
+type Item struct {
+	Status int             `json:"status"`
+	Output json.RawMessage `json:"output,omitempty"`
+	Error  *Error          `json:"error,omitempty"`
 }
 
 // ErrorResult builds the error reply for request id on model.

@@ -76,7 +76,7 @@ func decodeRequest(body []byte) (Request, *Error) {
 	if len(r.Params) > 0 && r.Params[0] != '{' {
 		return r, Errorf(InvalidRequest, "field \"params\": want a JSON object")
 	}
-	if r.Input == nil && !r.Cancel {
+	if r.Input == nil && r.Inputs == nil && !r.Cancel {
 		return r, Errorf(InvalidRequest, "field \"input\" is missing")
 	}
 	return r, nil

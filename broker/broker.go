@@ -198,10 +198,15 @@ func (b *Broker) Publish(topic string, payload []byte, retain bool, qos byte) er
 // request: on its MQTT 5 response topic with the correlation data echoed and
 // the status as a user property, or on the device's result topic.
 func (b *Broker) Reply(r *Request, payload []byte, status int) error {
-	return b.publish(r.replyTopic(), payload, r.QoS, r.CorrelationData, r.ResponseTopic != "", status)
+	return b.publish(r.replyTopic(), payload, r.QoS, r.CorrelationData, r.ResponseTopic != "" || r.ContentType != "", r.ContentType, status)
 }
 
-func (b *Broker) publish(topic string, payload []byte, qos byte, corr []byte, v5 bool, status int) error {
+// publish sends a reply; with v5 it carries MQTT 5 properties: the
+// correlation data, the content type and the status as a user property.
+func (b *Broker) publish(topic string, payload []byte, qos byte, corr []byte, v5 bool, contentType string, status int) error {
+	if contentType == "" {
+		contentType = "application/json"
+	}
 	if !v5 {
 		return b.srv.Publish(topic, payload, false, qos)
 	}
@@ -216,7 +221,7 @@ func (b *Broker) publish(topic string, payload []byte, qos byte, corr []byte, v5
 		PacketID:    uint16(qos),
 		Properties: packets.Properties{
 			CorrelationData: corr,
-			ContentType:     "application/json",
+			ContentType:     contentType,
 			User:            []packets.UserProperty{{Key: "status", Val: strconv.Itoa(status)}},
 		},
 	})
@@ -276,6 +281,22 @@ type Request struct {
 	// asked for its reply there; "" means the device's result topic.
 	ResponseTopic   string
 	CorrelationData []byte
+	// ContentType is the MQTT 5 content type of the request: replies to a
+	// CBOR request are CBOR (api.ContentTypeCBOR), others JSON.
+	ContentType string
+}
+
+// Encode encodes a reply (api.Result or api.StreamEvent) to r in the
+// request's API version and content type.
+func (r *Request) Encode(v any) ([]byte, error) {
+	return encodeReply(r.Topic.Version, r.ContentType, v)
+}
+
+func encodeReply(version, contentType string, v any) ([]byte, error) {
+	if contentType == api.ContentTypeCBOR {
+		return api.MarshalCBOR(v)
+	}
+	return api.Marshal(version, v)
 }
 
 // replyTopic is where replies to r go.

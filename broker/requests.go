@@ -45,6 +45,15 @@ func (in *inbound) responseTopic() string {
 	return ""
 }
 
+// contentType is the MQTT 5 content type of the request ("" for JSON and
+// for MQTT 3.1.1, which has none).
+func (in *inbound) contentType() string {
+	if in.cl.Properties.ProtocolVersion != 5 {
+		return ""
+	}
+	return in.pk.Properties.ContentType
+}
+
 // Canceler is implemented by dispatchers that can cancel a queued or running
 // request; it reports whether there was one.
 type Canceler interface {
@@ -149,6 +158,7 @@ func (h *requestHook) handOff(in *inbound) (packets.Packet, error) {
 			ProtocolVersion: in.cl.Properties.ProtocolVersion,
 			ResponseTopic:   in.responseTopic(),
 			CorrelationData: in.pk.Properties.CorrelationData,
+			ContentType:     in.contentType(),
 		}
 		if err := d.Dispatch(r); err != nil {
 			release()
@@ -214,14 +224,14 @@ func (h *requestHook) reject(in *inbound, e *api.Error) (packets.Packet, error) 
 		res.RateLimit = peekRateLimit(h.b.opts.Throttle, in.sender, in.topic.Model)
 	}
 	h.b.opts.Metrics.Request(in.topic.Version, in.topic.Model, res.Status)
-	if payload, err := api.Marshal(in.topic.Version, res); err != nil {
+	if payload, err := encodeReply(in.topic.Version, in.contentType(), res); err != nil {
 		h.b.log.Error("encode reply", "error", err)
 	} else {
 		topic, rt := topics.Result(h.b.opts.Prefix, in.topic.Version, in.sender, in.topic.Model), in.responseTopic()
 		if rt != "" {
 			topic = rt
 		}
-		if err := h.b.publish(topic, payload, in.pk.FixedHeader.Qos, in.pk.Properties.CorrelationData, rt != "", res.Status); err != nil {
+		if err := h.b.publish(topic, payload, in.pk.FixedHeader.Qos, in.pk.Properties.CorrelationData, rt != "", in.contentType(), res.Status); err != nil {
 			h.b.log.Warn("publish reply", "device", in.sender, "error", err)
 		}
 	}

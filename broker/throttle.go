@@ -17,8 +17,11 @@ func (s *throttleStage) check(in *inbound) *api.Error {
 	if in.body.Cancel {
 		return nil // a cancel costs nothing
 	}
-	d := s.l.Allow(in.sender, in.topic.Model)
+	d := s.l.AllowN(in.sender, in.topic.Model, len(in.body.Inputs))
 	in.rl = RateLimit(d)
+	if d.Reason == throttle.ReasonTooLarge {
+		return api.Errorf(api.PayloadTooLarge, "%s", d.Describe(in.sender))
+	}
 	if !d.Allowed {
 		s.m.Throttled(string(d.Reason))
 		e := api.Errorf(api.RateLimited, "%s", d.Describe(in.sender))

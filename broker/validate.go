@@ -18,7 +18,7 @@ func (v *validateStage) check(in *inbound) *api.Error {
 	if n := len(in.pk.Payload); n > v.maxSize {
 		return api.Errorf(api.PayloadTooLarge, "request is %d bytes, the limit is %d", n, v.maxSize)
 	}
-	body, e := api.DecodeRequest(in.pk.Payload)
+	body, e := api.Decode(in.topic.Version, in.pk.Payload, in.contentType())
 	in.body = body
 	if e != nil {
 		return e

@@ -86,6 +86,9 @@ func (c *Core) do(ctx context.Context, j Job) (api.Result, int) {
 	}
 	defer cancel()
 
+	if j.Request.Inputs != nil {
+		return c.batch(ctx, j, m, info), -1
+	}
 	start := time.Now()
 	out, err := c.guard(func() (any, error) {
 		return m.Infer(ctx, inference.Request{Device: j.Device, Input: j.Request.Input, Params: j.Request.Params})
@@ -112,6 +115,38 @@ func (c *Core) do(ctx context.Context, j Job) (api.Result, int) {
 		Output:       raw,
 		LatencyMS:    float64(elapsed.Microseconds()) / 1000,
 	}, tokens
+}
+
+// batch answers a v2 batch: each input in order, each with its own status,
+// under the request's one deadline. The result's status is 200 when the
+// batch ran, whatever its items say.
+func (c *Core) batch(ctx context.Context, j Job, m inference.Model, info inference.Info) api.Result {
+	start := time.Now()
+	items := make([]api.Item, len(j.Request.Inputs))
+	for i, in := range j.Request.Inputs {
+		t0 := time.Now()
+		out, err := c.guard(func() (any, error) {
+			return m.Infer(ctx, inference.Request{Device: j.Device, Input: in, Params: j.Request.Params})
+		})
+		c.Metrics.Inference(j.Model, time.Since(t0).Seconds())
+		if err == nil {
+			items[i].Output, err = json.Marshal(out)
+		}
+		if err != nil {
+			e := c.classify(ctx, j, err)
+			items[i] = api.Item{Status: e.Status(), Error: e}
+			continue
+		}
+		items[i].Status = api.StatusOK
+	}
+	return api.Result{
+		ID:           j.Request.ID,
+		Model:        j.Model,
+		ModelVersion: info.Version,
+		Status:       api.StatusOK,
+		Outputs:      items,
+		LatencyMS:    float64(time.Since(start).Microseconds()) / 1000,
+	}
 }
 
 // lookup finds the job's model and checks that it can serve.

@@ -34,12 +34,19 @@ type Task struct {
 	Settle func(tokens int)
 }
 
+// lane keeps one device's requests for one model in arrival order: a worker
+// that runs a request runs the ones queued behind it next. Models that carry
+// state per device (a stream of audio chunks, a telemetry series) see a
+// device's requests in the order it sent them.
+type lane struct{ next []*task }
+
 type task struct {
 	Task
 	ctx    context.Context
 	cancel context.CancelCauseFunc
 	stop   func() bool // unregisters the watch on Task.Context
-	key    string
+	key    string      // cancel key
+	lane   string      // lane key
 }
 
 // Pool runs requests on a fixed set of worker goroutines fed by a bounded
@@ -51,9 +58,11 @@ type Pool struct {
 	workers int
 	queue   chan *task
 
-	mu      sync.Mutex // guards closed (against sends on a closed queue) and running
+	mu      sync.Mutex // guards closed (against sends on a closed queue), running, lanes and waiting
 	closed  bool
 	running map[string]*task // by device and request id, for Cancel
+	lanes   map[string]*lane // by device and model: requests behind the one a worker runs
+	waiting int              // tasks queued or in a lane, not yet running
 
 	replier Replier
 	wg      sync.WaitGroup
@@ -70,6 +79,7 @@ func NewPool(core *Core, workers, queueSize int) *Pool {
 		workers: max(workers, 1),
 		queue:   make(chan *task, max(queueSize, 1)),
 		running: make(map[string]*task),
+		lanes:   make(map[string]*lane),
 		ctx:     ctx,
 		cancel:  cancel,
 	}
@@ -93,7 +103,7 @@ func (p *Pool) Core() *Core { return p.core }
 // stopping, is an *api.Error of type overloaded (503): the service's
 // capacity, not the client's fault.
 func (p *Pool) Submit(t Task) error {
-	tk := &task{Task: t, key: cancelKey(t.Job.Device, t.Job.Request.ID)}
+	tk := &task{Task: t, key: cancelKey(t.Job.Device, t.Job.Request.ID), lane: laneKey(t.Job.Device, t.Job.Model)}
 	tk.ctx, tk.cancel = context.WithCancelCause(p.ctx)
 	tk.stop = func() bool { return false }
 	if t.Context != nil {
@@ -106,19 +116,33 @@ func (p *Pool) Submit(t Task) error {
 		tk.cancel(nil)
 		return api.Errorf(api.Overloaded, "the service is shutting down")
 	}
-	select {
-	case p.queue <- tk:
-		if _, dup := p.running[tk.key]; !dup {
-			p.running[tk.key] = tk
-		}
-		p.core.Metrics.QueueDepth(1)
-		return nil
-	default:
+	full := func() error {
 		tk.stop()
 		tk.cancel(nil)
 		return api.Errorf(api.Overloaded, "the request queue is full (%d waiting); retry later", cap(p.queue))
 	}
+	if p.waiting >= cap(p.queue) {
+		return full()
+	}
+	if l, busy := p.lanes[tk.lane]; busy {
+		l.next = append(l.next, tk)
+	} else {
+		select {
+		case p.queue <- tk:
+			p.lanes[tk.lane] = &lane{}
+		default:
+			return full()
+		}
+	}
+	p.waiting++
+	if _, dup := p.running[tk.key]; !dup {
+		p.running[tk.key] = tk
+	}
+	p.core.Metrics.QueueDepth(1)
+	return nil
 }
+
+func laneKey(device, model string) string { return device + "\x00" + model }
 
 // Cancel cancels the queued or running request id of device; the request
 // is answered 499 canceled. It reports whether there was such a request.
@@ -137,7 +161,7 @@ func cancelKey(device, id string) string { return device + "\x00" + id }
 // Dispatch takes a request from the embedded broker (broker.Dispatcher).
 func (p *Pool) Dispatch(r *broker.Request) error {
 	send := func(v any, status int) {
-		payload, err := api.Marshal(r.Topic.Version, v)
+		payload, err := r.Encode(v)
 		if err != nil {
 			p.core.log().Error("encode reply", "error", err)
 			return
@@ -189,14 +213,40 @@ func (p *Pool) Stop(ctx context.Context) error {
 }
 
 // QueueDepth is the number of requests waiting for a worker.
-func (p *Pool) QueueDepth() int { return len(p.queue) }
+func (p *Pool) QueueDepth() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.waiting
+}
 
 func (p *Pool) work() {
 	defer p.wg.Done()
 	for tk := range p.queue {
-		p.core.Metrics.QueueDepth(-1)
-		p.handle(tk)
+		for tk != nil {
+			p.mu.Lock()
+			p.waiting--
+			p.mu.Unlock()
+			p.core.Metrics.QueueDepth(-1)
+			p.handle(tk)
+			tk = p.nextInLane(tk.lane)
+		}
 	}
+}
+
+// nextInLane returns the request queued behind the one just finished in its
+// lane, or closes the lane.
+func (p *Pool) nextInLane(key string) *task {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	l := p.lanes[key]
+	if l == nil || len(l.next) == 0 {
+		delete(p.lanes, key)
+		return nil
+	}
+	tk := l.next[0]
+	l.next[0] = nil
+	l.next = l.next[1:]
+	return tk
 }
 
 func (p *Pool) handle(tk *task) {

@@ -3,6 +3,8 @@ package worker
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"sync"
 	"strings"
 	"testing"
 	"time"
@@ -114,5 +116,66 @@ func TestPoolStreamsAndCancels(t *testing.T) {
 	<-done
 	if pool.Cancel("d1", "s3") || pool.Cancel("d1", "nope") {
 		t.Error("Cancel of a finished or unknown request reported true")
+	}
+}
+
+// orderModel records the order in which it sees each device's inputs.
+type orderModel struct {
+	mu   sync.Mutex
+	seen map[string][]int
+}
+
+func (m *orderModel) Info() inference.Info { return inference.Info{Name: "order", Version: "1", Cost: 1} }
+
+func (m *orderModel) Infer(ctx context.Context, req inference.Request) (any, error) {
+	var n int
+	if err := json.Unmarshal(req.Input, &n); err != nil {
+		return nil, inference.InvalidInput("input: want an integer")
+	}
+	m.mu.Lock()
+	m.seen[req.Device] = append(m.seen[req.Device], n)
+	m.mu.Unlock()
+	return n, nil
+}
+
+// TestPoolKeepsEachDevicesOrder: many workers, yet each device's requests
+// for a model run in the order they were submitted (stateful models depend
+// on it), while different devices run in parallel.
+func TestPoolKeepsEachDevicesOrder(t *testing.T) {
+	m := &orderModel{seen: map[string][]int{}}
+	pool := NewPool(&Core{Models: coreTestRegistry(t, m), DefaultDeadline: time.Minute}, 4, 1000)
+	pool.Start(nil)
+	var wg sync.WaitGroup
+	devices := []string{"a", "b", "c"}
+	const n = 100
+	for i := range n {
+		for _, d := range devices {
+			wg.Add(1)
+			err := pool.Submit(Task{
+				Job:  Job{Version: "v1", Device: d, Model: "order", Received: time.Now(), Request: api.Request{ID: fmt.Sprint(d, i), Input: json.RawMessage(fmt.Sprint(i))}},
+				Done: wg.Done,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	wg.Wait()
+	if err := pool.Stop(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range devices {
+		got := m.seen[d]
+		if len(got) != n {
+			t.Fatalf("device %s: %d requests ran, want %d", d, len(got), n)
+		}
+		for i, v := range got {
+			if v != i {
+				t.Fatalf("device %s: request %d ran in position %d", d, v, i)
+			}
+		}
+	}
+	if pool.QueueDepth() != 0 {
+		t.Errorf("queue depth %d after drain", pool.QueueDepth())
 	}
 }
