@@ -2,38 +2,132 @@ package service
 
 import (
 	"context"
+	"errors"
+	"fmt"
+	"log/slog"
 	"maps"
+	"sync"
 
 	"github.com/mqttinfer/mqttinfer/config"
 	"github.com/mqttinfer/mqttinfer/inference"
 	"github.com/mqttinfer/mqttinfer/inference/anomaly"
+	"github.com/mqttinfer/mqttinfer/inference/onnx"
+	"github.com/mqttinfer/mqttinfer/inference/onnx/vad"
 	"github.com/mqttinfer/mqttinfer/throttle"
 )
 
 // Models are the built-in models a node serves, with their housekeeping.
 type Models struct {
 	Registry *inference.Registry
-	anomaly  *anomaly.Model
+	runners  []func(context.Context) // eviction loops
+	closers  []func() error
 }
 
-// KnownModels are the names of the built-in models, for config validation.
-func KnownModels() []string { return []string{"anomaly"} }
+// KnownModels are the names of the built-in models, for config validation:
+// every model the binary knows, loaded here or not.
+func KnownModels() []string { return []string{"anomaly", "vad"} }
 
-// NewModels loads the built-in models configured in cfg.
-func NewModels(cfg config.Config) (*Models, error) {
+// NewModels loads the built-in models configured in cfg. The ONNX models
+// need the runtime library and their files in cfg.Models.Dir (`make
+// models`); when either is missing the node still serves the others, and
+// the catalog lists the missing model as unavailable with the reason.
+func NewModels(cfg config.Config, log *slog.Logger) (*Models, error) {
 	m := &Models{Registry: &inference.Registry{}}
-	m.anomaly = anomaly.New(anomaly.Config{MaxSeries: cfg.Models.Anomaly.MaxSeries, IdleTTL: cfg.Models.Anomaly.IdleTTL})
-	if err := m.Registry.Register(m.anomaly); err != nil {
+	a := anomaly.New(anomaly.Config{MaxSeries: cfg.Models.Anomaly.MaxSeries, IdleTTL: cfg.Models.Anomaly.IdleTTL})
+	m.runners = append(m.runners, a.Run)
+	if err := m.Registry.Register(a); err != nil {
 		return nil, err
+	}
+
+	rtErr := initRuntime(cfg.Models.Dir)
+	if rtErr != nil {
+		log.Warn("ONNX models unavailable", "reason", rtErr)
+	}
+	v, err := loadONNX(rtErr, vad.Describe, func() (*vad.Model, error) {
+		return vad.New(vad.Config{Dir: cfg.Models.Dir, Threads: cfg.Models.Threads, MaxStreams: cfg.Models.VAD.MaxStreams, IdleTTL: cfg.Models.VAD.IdleTTL})
+	})
+	if err := m.add(v, err, log); err != nil {
+		return nil, err
+	}
+	if vm, ok := v.(*vad.Model); ok {
+		m.runners = append(m.runners, vm.Run)
+		m.closers = append(m.closers, vm.Close)
 	}
 	return m, nil
 }
 
-// Run evicts idle model state until ctx is done.
-func (m *Models) Run(ctx context.Context) { m.anomaly.Run(ctx) }
+// add registers a loaded model, or logs why it could not load.
+func (m *Models) add(model inference.Model, loadErr error, log *slog.Logger) error {
+	if loadErr != nil {
+		log.Warn("model unavailable", "model", model.Info().Name, "reason", loadErr)
+	}
+	return m.Registry.Register(model)
+}
+
+var (
+	runtimeOnce sync.Once
+	runtimeErr  error
+)
+
+// initRuntime loads ONNX Runtime from dir once per process.
+func initRuntime(dir string) error {
+	runtimeOnce.Do(func() {
+		lib, err := onnx.Library(dir)
+		if err != nil {
+			runtimeErr = err
+			return
+		}
+		runtimeErr = onnx.Init(lib)
+	})
+	return runtimeErr
+}
+
+// loadONNX loads an ONNX model, or returns a stand-in that the catalog
+// lists as unavailable with the reason, and the reason.
+func loadONNX[M inference.Model](rtErr error, describe func() inference.Info, load func() (M, error)) (inference.Model, error) {
+	err := rtErr
+	if err == nil {
+		var model M
+		if model, err = load(); err == nil {
+			return model, nil
+		}
+	}
+	info := describe()
+	info.Unavailable = unavailableReason(err)
+	return unavailable{info}, err
+}
+
+func unavailableReason(err error) string {
+	if errors.Is(err, onnx.ErrUnavailable) {
+		return err.Error()
+	}
+	return fmt.Sprintf("failed to load: %v", err)
+}
+
+// unavailable stands in for a model that could not be loaded.
+type unavailable struct{ info inference.Info }
+
+func (u unavailable) Info() inference.Info { return u.info }
+
+func (u unavailable) Infer(context.Context, inference.Request) (any, error) {
+	return nil, errors.New(u.info.Unavailable)
+}
+
+// Run runs the models' housekeeping (idle state eviction) until ctx is done.
+func (m *Models) Run(ctx context.Context) {
+	var wg sync.WaitGroup
+	for _, run := range m.runners {
+		wg.Go(func() { run(ctx) })
+	}
+	wg.Wait()
+}
 
 // Close releases the models' resources.
-func (m *Models) Close() {}
+func (m *Models) Close() {
+	for _, c := range m.closers {
+		_ = c()
+	}
+}
 
 // NewThrottle builds the per-device limiter from cfg; a model's cost is its
 // catalog cost unless models.costs overrides it.

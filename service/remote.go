@@ -15,7 +15,7 @@ import (
 // RunWorker runs a remote worker (`mqttinfer worker`) from cfg until ctx is
 // done, then stops gracefully.
 func RunWorker(ctx context.Context, cfg config.Config, log *slog.Logger) error {
-	models, err := NewModels(cfg)
+	models, err := NewModels(cfg, log)
 	if err != nil {
 		return err
 	}

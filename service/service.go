@@ -58,7 +58,7 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 	m := metrics.New(s.reg)
 
 	var err error
-	if s.models, err = NewModels(cfg); err != nil {
+	if s.models, err = NewModels(cfg, log); err != nil {
 		return nil, err
 	}
 	if cfg.Throttle.Enabled {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"path/filepath"
 	"strconv"
 
 	"testing"
@@ -36,6 +37,7 @@ func testConfig(t testing.TB) config.Config {
 	cfg.MQTT.TCPAddr = "127.0.0.1:0"
 	cfg.MQTT.WSAddr = ""
 	cfg.HTTP.Addr = "127.0.0.1:0"
+	cfg.Models.Dir = filepath.Join("..", ".cache", "models")
 	return cfg
 }
 
