@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"reflect"
@@ -69,13 +70,37 @@ func MarshalCBOR(v any) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	dec := json.NewDecoder(bytes.NewReader(js))
+	dec.UseNumber()
 	var generic any
-	if err := json.Unmarshal(js, &generic); err != nil {
+	if err := dec.Decode(&generic); err != nil {
 		return nil, err
 	}
-	out, err := cbor.Marshal(generic)
+	out, err := cbor.Marshal(numbers(generic))
 	if err != nil {
 		return nil, fmt.Errorf("encode CBOR: %w", err)
 	}
 	return out, nil
+}
+
+// numbers turns the json.Numbers of a decoded JSON value into CBOR's
+// integers where they are whole, floats otherwise.
+func numbers(v any) any {
+	switch x := v.(type) {
+	case json.Number:
+		if i, err := x.Int64(); err == nil {
+			return i
+		}
+		f, _ := x.Float64()
+		return f
+	case map[string]any:
+		for k, e := range x {
+			x[k] = numbers(e)
+		}
+	case []any:
+		for i, e := range x {
+			x[i] = numbers(e)
+		}
+	}
+	return v
 }

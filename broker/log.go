@@ -5,7 +5,8 @@ import (
 	"log/slog"
 )
 
-// quietLogger wraps the logger handed to mochi. mochi logs every non-nil
+// quietLogger wraps the logger handed to mochi and demotes its routine
+// per-connection noise to debug. mochi logs every non-nil
 // OnPublish answer at error level as "publish packet error", including the
 // quota-exceeded answers our throttle gives MQTT 5 publishers on purpose;
 // those are demoted to debug so a throttled fleet does not flood the log.
@@ -14,7 +15,9 @@ func quietLogger(l *slog.Logger) *slog.Logger { return slog.New(quietHandler{l.H
 type quietHandler struct{ slog.Handler }
 
 func (h quietHandler) Handle(ctx context.Context, r slog.Record) error {
-	if r.Level == slog.LevelError && r.Message == "publish packet error" {
+	// mochi's listeners log every connection that ends without DISCONNECT
+	// (EOF, reset) as a warning with an empty message: routine for devices.
+	if r.Level == slog.LevelError && r.Message == "publish packet error" || r.Level == slog.LevelWarn && r.Message == "" {
 		if !h.Handler.Enabled(ctx, slog.LevelDebug) {
 			return nil
 		}
