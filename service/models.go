@@ -12,6 +12,7 @@ import (
 	"github.com/mqttinfer/mqttinfer/inference"
 	"github.com/mqttinfer/mqttinfer/inference/anomaly"
 	"github.com/mqttinfer/mqttinfer/inference/onnx"
+	"github.com/mqttinfer/mqttinfer/inference/onnx/ocr"
 	"github.com/mqttinfer/mqttinfer/inference/onnx/vad"
 	"github.com/mqttinfer/mqttinfer/throttle"
 )
@@ -25,7 +26,7 @@ type Models struct {
 
 // KnownModels are the names of the built-in models, for config validation:
 // every model the binary knows, loaded here or not.
-func KnownModels() []string { return []string{"anomaly", "vad"} }
+func KnownModels() []string { return []string{"anomaly", "ocr", "vad"} }
 
 // NewModels loads the built-in models configured in cfg. The ONNX models
 // need the runtime library and their files in cfg.Models.Dir (`make
@@ -52,6 +53,16 @@ func NewModels(cfg config.Config, log *slog.Logger) (*Models, error) {
 	if vm, ok := v.(*vad.Model); ok {
 		m.runners = append(m.runners, vm.Run)
 		m.closers = append(m.closers, vm.Close)
+	}
+
+	o, err := loadONNX(rtErr, ocr.Describe, func() (*ocr.Model, error) {
+		return ocr.New(ocr.Config{Dir: cfg.Models.Dir, Threads: cfg.Models.Threads, MaxPixels: cfg.Models.OCR.MaxPixels})
+	})
+	if err := m.add(o, err, log); err != nil {
+		return nil, err
+	}
+	if om, ok := o.(*ocr.Model); ok {
+		m.closers = append(m.closers, om.Close)
 	}
 	return m, nil
 }

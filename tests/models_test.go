@@ -4,9 +4,18 @@ import (
 	"bytes"
 	"encoding/base64"
 	"encoding/json"
+	"image"
+	"image/color"
+	"image/draw"
+	"image/png"
 	"os"
 	"os/exec"
+	"strings"
 	"testing"
+
+	"golang.org/x/image/font"
+	"golang.org/x/image/font/opentype"
+	"golang.org/x/image/math/fixed"
 
 	"github.com/mqttinfer/mqttinfer/api"
 	"github.com/mqttinfer/mqttinfer/service"
@@ -116,4 +125,71 @@ func synthSpeech(t *testing.T, text string) []byte {
 		t.Fatalf("only %d bytes of speech", out.Len())
 	}
 	return out.Bytes()
+}
+
+// TestOCROverMQTT: a meter-reading device sends a photo-like PNG of its
+// display; the ocr model reads the digits back.
+func TestOCROverMQTT(t *testing.T) {
+	const fontPath = "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf"
+	requireTool(t, fontPath, "fonts-dejavu-core")
+	cfg := testConfig(t)
+	cfg.Throttle.Enabled = false
+	svc := startService(t, cfg)
+	requireModel(t, svc, "ocr")
+
+	img := renderText(t, fontPath, "004521.7 kWh", 480, 120)
+	d := newDevice(t, svc.MQTTAddr(), cfg.Prefix, "meter-7")
+	d.request("ocr", map[string]any{"id": "read-1", "input": map[string]any{"image": base64.StdEncoding.EncodeToString(img)}})
+	r := d.replyStatus(200)
+	var out struct {
+		Text  string `json:"text"`
+		Lines []struct {
+			Text       string  `json:"text"`
+			Confidence float64 `json:"confidence"`
+		} `json:"lines"`
+	}
+	if err := json.Unmarshal(r.Output, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(strings.ReplaceAll(out.Text, " ", ""), "004521.7") {
+		t.Errorf("read %q, want the reading 004521.7", out.Text)
+	}
+
+	// A truncated image is a clear 422, and the worker is still fine after it.
+	d.request("ocr", map[string]any{"id": "cut", "input": map[string]any{"image": base64.StdEncoding.EncodeToString(img[:len(img)/2])}})
+	if r := d.replyStatus(422); r.Error.Type != api.InvalidInput || r.ID != "cut" {
+		t.Errorf("truncated image: %+v", r.Error)
+	}
+	d.request("ocr", map[string]any{"id": "again", "input": map[string]any{"image": base64.StdEncoding.EncodeToString(img)}})
+	d.replyStatus(200)
+}
+
+// renderText draws text in black on a light grey w×h PNG with the TrueType
+// font at fontPath.
+func renderText(t *testing.T, fontPath, text string, w, h int) []byte {
+	t.Helper()
+	raw, err := os.ReadFile(fontPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := opentype.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	face, err := opentype.NewFace(f, &opentype.FaceOptions{Size: float64(h) / 2.5, DPI: 72, Hinting: font.HintingFull})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer face.Close()
+	img := image.NewRGBA(image.Rect(0, 0, w, h))
+	draw.Draw(img, img.Bounds(), image.NewUniform(color.RGBA{225, 228, 220, 255}), image.Point{}, draw.Src)
+	dr := &font.Drawer{Dst: img, Src: image.NewUniform(color.RGBA{20, 20, 20, 255}), Face: face}
+	adv := dr.MeasureString(text).Ceil()
+	dr.Dot = fixed.P((w-adv)/2, h/2+int(face.Metrics().Ascent.Ceil())/2-4)
+	dr.DrawString(text)
+	var buf bytes.Buffer
+	if err := png.Encode(&buf, img); err != nil {
+		t.Fatal(err)
+	}
+	return buf.Bytes()
 }
