@@ -2,7 +2,6 @@ package ocr
 
 import (
 	"math"
-	"math/rand/v2"
 	"os"
 	"slices"
 	"strings"
@@ -272,30 +271,31 @@ func TestLoadKeys(t *testing.T) {
 }
 
 func TestBatches(t *testing.T) {
+	widths := []int{2000, 310, 500, 100, 1300, 330, 300, 700, 200}
 	var cs []crop
-	r := rand.New(rand.NewPCG(1, 2))
-	for i := range 11 {
-		cs = append(cs, crop{rw: 50 + r.IntN(500), index: i})
+	for i, w := range widths {
+		cs = append(cs, crop{rw: w, index: i})
 	}
-	bs := batches(slices.Clone(cs), 4)
-	if len(bs) != 3 || len(bs[2]) != 3 {
-		t.Fatalf("batches of %d: %d", len(cs), len(bs))
-	}
+	var got [][]int
 	seen := map[int]bool{}
-	last := 0
-	for _, b := range bs {
+	for _, b := range batches(slices.Clone(cs), 1280) {
+		var ws []int
 		for _, c := range b {
-			if c.rw < last {
-				t.Errorf("not sorted by width")
-			}
-			last = c.rw
+			ws = append(ws, c.rw)
 			seen[c.index] = true
 		}
+		got = append(got, ws)
+	}
+	// Four short lines pad to 4×320 = 1280; 330 and 500 pad to 2×500; the
+	// rest run alone.
+	want := [][]int{{100, 200, 300, 310}, {330, 500}, {700}, {1300}, {2000}}
+	if !slices.EqualFunc(got, want, slices.Equal) {
+		t.Errorf("batches %v, want %v", got, want)
 	}
 	if len(seen) != len(cs) {
 		t.Errorf("lost crops: %v", seen)
 	}
-	if bs := batches(slices.Clone(cs), -1); len(bs) != 1 || len(bs[0]) != 11 {
+	if bs := batches(slices.Clone(cs), -1); len(bs) != 1 || len(bs[0]) != len(cs) {
 		t.Errorf("one batch: %d", len(bs))
 	}
 }

@@ -42,8 +42,8 @@
 //
 //   - Detection input: the image, scaled so its long side is at most
 //     Config.DetMaxSide (default 960; never scaled up) and each side is
-//     rounded to a multiple of 32, with golang.org/x/image/draw's bilinear
-//     filter; channels in B, G, R order, (v/255 − mean)/std with ImageNet's
+//     rounded to a multiple of 32, with golang.org/x/image/draw's
+//     ApproxBiLinear (OpenCV's INTER_LINEAR, as PaddleOCR resizes); channels in B, G, R order, (v/255 − mean)/std with ImageNet's
 //     mean and std, as PaddleOCR applies them to OpenCV's BGR pixels.
 //   - Boxes (DB post-processing): probability > 0.3; 8-connected components
 //     (found as runs of pixels); the minimum-area rotated rectangle around
@@ -65,8 +65,9 @@
 //     aspect ratio (width at most Config.RecMaxWidth), sampled bilinearly
 //     with up to 4×4 samples averaged per pixel when shrinking, in one pass;
 //     (v/255 − 0.5)/0.5 in B, G, R order; boxes grouped by width into runs
-//     of at most Config.RecBatch, each padded with zeros to the widest and
-//     to at least 320.
+//     of at most Config.RecBatchWidth pixels in all, each padded with zeros
+//     to the widest and to at least 320 (PaddleOCR batches 6 lines a run:
+//     on CPU that costs more than it saves for long lines).
 //   - Decoding: CTC greedy (best class per step, repeats merged, blank
 //     dropped) over the dictionary with the blank at 0 and a space after
 //     the last character (PaddleOCR's use_space_char); the confidence is the

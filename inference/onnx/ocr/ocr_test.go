@@ -367,3 +367,21 @@ func TestNewErrors(t *testing.T) {
 		t.Error("BoxThresh 1.5 accepted")
 	}
 }
+
+// TestBlank checks that an image without text reads as no lines, encoded
+// as an empty array.
+func TestBlank(t *testing.T) {
+	m := model(t)
+	img := render(t, scene{font: "DejaVuSans.ttf", size: 20, lines: []string{"                    ", "                    "}, fg: black, bg: lcdBG, noise: 12, seed: 11})
+	r := infer(t, m, encodePNG(t, img))
+	if len(r.Lines) != 0 || r.Text != "" {
+		t.Errorf("blank image read as %+v", r)
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(b), `"lines":[]`) {
+		t.Errorf("output %s", b)
+	}
+}

@@ -175,15 +175,20 @@ func ctcDecode(probs []float32, t int, keys []string) (string, float64) {
 }
 
 // batches splits crops, sorted by scaled width so that each batch pads
-// little, into runs of at most size crops (all of them when size ≤ 0).
-func batches(cs []crop, size int) [][]crop {
+// little, into runs whose padded width (crops × batchWidth) is at most
+// budget pixels, at least one crop a run; all crops in one run when budget
+// is negative.
+func batches(cs []crop, budget int) [][]crop {
 	slices.SortStableFunc(cs, func(a, b crop) int { return a.rw - b.rw })
-	if size <= 0 {
-		size = len(cs)
+	if budget < 0 {
+		return [][]crop{cs}
 	}
 	var out [][]crop
 	for len(cs) > 0 {
-		n := min(size, len(cs))
+		n := 1
+		for n < len(cs) && (n+1)*batchWidth(cs[n:n+1]) <= budget {
+			n++
+		}
 		out = append(out, cs[:n])
 		cs = cs[n:]
 	}
