@@ -288,8 +288,9 @@ func (c *chunk) isError() bool {
 }
 
 // InferStream sends req to the backend as a streaming Chat Completions
-// request and calls emit with a Delta for each piece of text, in order, as
-// it arrives. It returns the whole Output once the backend has finished.
+// request and calls emit (if not nil) with a Delta for each piece of text,
+// in order, as it arrives. It returns the whole Output once the backend has
+// finished.
 //
 // It stops the backend request at once when ctx is done, when emit returns
 // an error (returned wrapped), or on any failure. Errors: an
@@ -300,6 +301,9 @@ func (m *Model) InferStream(ctx context.Context, req inference.Request, emit fun
 	in, err := decodeInput(req.Input, req.Params, m.cfg.MaxTokens)
 	if err != nil {
 		return nil, err
+	}
+	if emit == nil {
+		emit = func(any) error { return nil }
 	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("chat: %w", err)
@@ -356,7 +360,11 @@ func (m *Model) InferStream(ctx context.Context, req inference.Request, emit fun
 	s := stream{m: m, in: &in, emit: emit, maxText: maxTokens*bytesPerToken + 64<<10}
 	s.out.Model = m.cfg.Model
 
-	if mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type")); mt == "application/json" {
+	mt, _, _ := mime.ParseMediaType(resp.Header.Get("Content-Type"))
+	if mt == "text/html" {
+		return nil, fmt.Errorf("%w: %s answered a web page (text/html), not an event stream: the base URL should be the API root, which usually ends in /v1", ErrStreamBroken, m.host)
+	}
+	if mt == "application/json" {
 		// The server ignored "stream": true and sent the whole answer.
 		b, err := io.ReadAll(io.LimitReader(r, int64(s.maxText)+1<<20))
 		if err != nil {
@@ -382,6 +390,9 @@ func (m *Model) InferStream(ctx context.Context, req inference.Request, emit fun
 		}
 		if ev.Type != "" && ev.Type != "message" {
 			continue // not part of Chat Completions; skip it as browsers would
+		}
+		if ev.Data == "" {
+			continue // an empty event, a keep-alive of some proxies
 		}
 		if ev.Data == "[DONE]" {
 			// Read to the end of the response so the connection can be

@@ -632,6 +632,26 @@ func TestWholeJSONAnswer(t *testing.T) {
 	}
 }
 
+func TestNotAStream(t *testing.T) {
+	// A base URL without /v1 may reach a web UI that answers 200 with HTML.
+	b := newBackend(t, replay(200, "text/html; charset=utf-8", []byte("<!doctype html>\n<html><body>Open WebUI</body></html>\n")))
+	m := newModel(t, b.URL, nil)
+	_, _, err := collect(context.Background(), m, prompt)
+	if !errors.Is(err, ErrStreamBroken) || !strings.Contains(err.Error(), "usually ends in /v1") {
+		t.Fatalf("error %v", err)
+	}
+}
+
+func TestEmptyEventsAndNilEmit(t *testing.T) {
+	body := "data:\n\n" + string(fixture(t, "ollama_nousage.sse"))
+	b := newBackend(t, replay(200, "text/event-stream", []byte(body)))
+	m := newModel(t, b.URL, nil)
+	out, err := m.InferStream(context.Background(), request(prompt), nil)
+	if err != nil || out.(Output).Text != "The sky looks blue" {
+		t.Fatalf("output %+v, error %v", out, err)
+	}
+}
+
 func TestConnectionReuse(t *testing.T) {
 	var mu sync.Mutex
 	conns := map[string]bool{}
