@@ -1,27 +1,77 @@
-// Package gateway owns the service's HTTP front door: /healthz, /readyz and
-// Prometheus /metrics today; the REST + SSE inference API joins it over the
-// same worker core.
+// Package gateway owns the service's HTTP front door: /healthz, /readyz,
+// Prometheus /metrics, and the REST + SSE inference API, which runs requests
+// on the same worker pool as the MQTT front door and answers with the same
+// payloads (api.Result, api.StreamEvent), the same status codes and the same
+// per-client throttle.
+//
+// Inference routes, for each API version of topics.Versions():
+//
+//	GET  /{ver}/models                the model catalog, as retained on MQTT: {"models": [Info...]}
+//	GET  /{ver}/models/{model}        one model's Info; 404 model_not_found
+//	POST /{ver}/models/{model}/infer  one request envelope in, one api.Result out,
+//	                                  or Server-Sent Events for a stream
+//	GET  /openapi.json                the OpenAPI 3.0 description of all routes
+//
+// The HTTP status of an inference answer is the status of its api.Result
+// (499 included, for a request whose client went away). A streamed answer is
+// 200 once it has started; its outcome is the status of its final event.
 package gateway
 
 import (
 	"context"
 	"encoding/json"
+	"log/slog"
 	"net/http"
 	"time"
 
+	"github.com/mqttinfer/mqttinfer/inference"
+	"github.com/mqttinfer/mqttinfer/metrics"
+	"github.com/mqttinfer/mqttinfer/throttle"
+	"github.com/mqttinfer/mqttinfer/worker"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
+// DefaultMaxBodySize is the largest inference request body accepted when
+// Options.MaxBodySize is 0, in bytes (64 KiB); larger bodies get 413.
+const DefaultMaxBodySize = 64 << 10
+
 // Check reports whether one part of the service is ready; nil means ready.
 type Check func(ctx context.Context) error
 
-// Options configure the handler.
+// Options configure the handler. The zero value serves /healthz and /readyz,
+// lists no models, and answers inference requests 503 model_unavailable.
 type Options struct {
 	// Gatherer serves /metrics; nil leaves /metrics out.
 	Gatherer prometheus.Gatherer
 	// Ready are the readiness checks of /readyz, by name.
 	Ready map[string]Check
+
+	// Pool runs inference requests; it must be started (Pool.Start) by its
+	// owner. nil answers every inference request 503 model_unavailable.
+	Pool *worker.Pool
+	// Models is the catalog served on /{ver}/models; it should be the
+	// registry the Pool's core runs. nil means Pool.Core().Models, or no
+	// models without a Pool.
+	Models *inference.Registry
+	// Throttle limits each client (see ClientID) with the same token buckets
+	// and in-flight limits as MQTT devices; nil switches throttling off, and
+	// with it the RateLimit headers.
+	Throttle *throttle.Limiter
+	// Metrics counts requests refused before they reach the Pool (the Pool
+	// counts the rest); nil counts nothing.
+	Metrics *metrics.Metrics
+	// MaxBodySize bounds an inference request body, in bytes; a larger
+	// body is answered 413 payload_too_large. 0 means DefaultMaxBodySize.
+	MaxBodySize int
+	// TrustProxy takes the client address from the last entry of
+	// X-Forwarded-For (the one the proxy in front of the gateway appended)
+	// instead of the connection's peer. Set it only behind a proxy that sets
+	// the header: otherwise any client can pick its own address, and with it
+	// its own token bucket.
+	TrustProxy bool
+	// Log receives failures to answer; nil discards them.
+	Log *slog.Logger
 }
 
 // New returns the HTTP handler of the gateway.
@@ -29,6 +79,8 @@ type Options struct {
 //	GET /healthz  200 "ok" while the process serves HTTP (liveness)
 //	GET /readyz   200 when every readiness check passes, else 503; JSON body with each check
 //	GET /metrics  Prometheus text format
+//
+// and the inference routes of the package comment.
 func New(opts Options) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -55,5 +107,66 @@ func New(opts Options) http.Handler {
 	if opts.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
 	}
+
+	g := newGateway(opts)
+	for _, rt := range g.routes() {
+		mux.HandleFunc(rt.pattern, rt.handler)
+	}
 	return mux
+}
+
+// gateway serves the inference routes.
+type gateway struct {
+	pool       *worker.Pool
+	models     *inference.Registry
+	limiter    *throttle.Limiter
+	metrics    *metrics.Metrics
+	maxBody    int64
+	trustProxy bool
+	log        *slog.Logger
+	openapi    []byte
+}
+
+func newGateway(opts Options) *gateway {
+	g := &gateway{
+		pool:       opts.Pool,
+		models:     opts.Models,
+		limiter:    opts.Throttle,
+		metrics:    opts.Metrics,
+		maxBody:    int64(opts.MaxBodySize),
+		trustProxy: opts.TrustProxy,
+		log:        opts.Log,
+		openapi:    openAPIDocument(),
+	}
+	if g.models == nil && g.pool != nil {
+		g.models = g.pool.Core().Models
+	}
+	if g.models == nil {
+		g.models = &inference.Registry{}
+	}
+	if g.maxBody <= 0 {
+		g.maxBody = DefaultMaxBodySize
+	}
+	if g.log == nil {
+		g.log = slog.New(slog.DiscardHandler)
+	}
+	return g
+}
+
+// route is one ServeMux pattern of the inference API.
+type route struct {
+	pattern string
+	handler http.HandlerFunc
+}
+
+// routes lists the inference API; the OpenAPI test checks each is documented.
+// The version is a path wildcard so that an unknown version is answered 404
+// unsupported_version with the list of versions, as on MQTT.
+func (g *gateway) routes() []route {
+	return []route{
+		{"GET /{ver}/models", g.catalog},
+		{"GET /{ver}/models/{model}", g.model},
+		{"POST /{ver}/models/{model}/infer", g.infer},
+		{"GET /openapi.json", g.serveOpenAPI},
+	}
 }
