@@ -135,8 +135,7 @@ func TestRemoteWorkerOnEmbeddedBroker(t *testing.T) {
 	bin := binary(t)
 	cfg := testConfig(t)
 	cfg.Worker.InProcess = false
-	cfg.Throttle.Rate = 0.5
-	cfg.Throttle.Burst = 2
+	smallBucket(&cfg, 0.5, 2)
 	svc := startService(t, cfg)
 
 	d := newDevice(t, svc.MQTTAddr(), cfg.Prefix, "remote-dev")
@@ -172,7 +171,7 @@ func TestRemoteWorkerOnEmbeddedBroker(t *testing.T) {
 func TestRemoteWorkerOnMosquitto(t *testing.T) {
 	bin := binary(t)
 	addr := startMosquitto(t)
-	w := start(t, []string{"MQTTINFER_THROTTLE_RATE=0.5", "MQTTINFER_THROTTLE_BURST=2"},
+	w := start(t, []string{"MQTTINFER_THROTTLE_RATE=0.5", "MQTTINFER_THROTTLE_BURST=2", unitCostsEnv()},
 		bin, "worker", "--broker", "tcp://"+addr, "--node", "w-mosq", "--worker-throttle", "--log-level", "info")
 	w.waitLine(t, "taking requests")
 

@@ -86,8 +86,7 @@ func TestAnomalyResult(t *testing.T) {
 
 func TestThrottlePerDevice(t *testing.T) {
 	cfg := testConfig(t)
-	cfg.Throttle.Rate = 0.5 // one token per 2 s: nothing refills during the test
-	cfg.Throttle.Burst = 3
+	smallBucket(&cfg, 0.5, 3) // one token per 2 s: nothing refills during the test
 	svc := startService(t, cfg)
 	a := newDevice(t, svc.MQTTAddr(), cfg.Prefix, "dev-a")
 	b := newDevice(t, svc.MQTTAddr(), cfg.Prefix, "dev-b")

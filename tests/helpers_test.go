@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 
 	"testing"
 	"time"
@@ -39,6 +40,32 @@ func testConfig(t testing.TB) config.Config {
 	cfg.HTTP.Addr = "127.0.0.1:0"
 	cfg.Models.Dir = filepath.Join("..", ".cache", "models")
 	return cfg
+}
+
+// smallBucket gives every device a bucket of burst tokens refilled at rate
+// per second, and makes every model cost one token, so that a test can count
+// requests (the ONNX models cost more than one by default, more than such a
+// small bucket holds).
+func smallBucket(cfg *config.Config, rate float64, burst int) {
+	cfg.Throttle.Rate, cfg.Throttle.Burst = rate, burst
+	cfg.Models.Costs = unitCosts()
+}
+
+func unitCosts() map[string]int {
+	costs := map[string]int{}
+	for _, m := range service.KnownModels() {
+		costs[m] = 1
+	}
+	return costs
+}
+
+// unitCostsEnv is unitCosts for a process's environment.
+func unitCostsEnv() string {
+	var parts []string
+	for _, m := range service.KnownModels() {
+		parts = append(parts, m+": 1")
+	}
+	return "MQTTINFER_MODELS_COSTS={" + strings.Join(parts, ", ") + "}"
 }
 
 // startService starts the real service assembly and stops it at cleanup.

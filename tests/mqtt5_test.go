@@ -94,8 +94,7 @@ func userProp(p *paho.Publish, key string) string {
 // PUBACK 0x97, and v2 takes CBOR and batches.
 func TestMQTT5RequestResponse(t *testing.T) {
 	cfg := testConfig(t)
-	cfg.Throttle.Rate = 0.5
-	cfg.Throttle.Burst = 4
+	smallBucket(&cfg, 0.5, 4)
 	svc := startService(t, cfg)
 	c := connect5(t, svc.MQTTAddr(), "v5-dev")
 	c.subscribe(t, "replies/v5-dev")
