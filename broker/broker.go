@@ -270,10 +270,10 @@ type Request struct {
 	// Done must be called exactly once when the request is answered; it
 	// releases the device's in-flight slot.
 	Done func()
-	// Settle, called at most once, settles the device's throttle to what the
-	// request really cost in tokens (metered models charge their cost up
-	// front). Never nil.
-	Settle func(tokens int)
+	// Settle, called at most once, settles the device's throttle to the
+	// share of its up-front cost the request really used (metered models).
+	// Never nil.
+	Settle func(share float64)
 
 	// ProtocolVersion is the requester's MQTT version (4 = 3.1.1, 5).
 	ProtocolVersion byte

@@ -24,7 +24,7 @@ type inbound struct {
 	rl       *api.RateLimit // set by the throttle stage
 	release  func()         // set by the throttle stage: gives back the in-flight slot
 	refund   func()         // set by the throttle stage: gives back the tokens
-	settle   func(int)      // set by the throttle stage: settles to the tokens really used
+	settle   func(float64)  // set by the throttle stage: settles to the share of the cost really used
 }
 
 // responseTopic is the MQTT 5 response topic the request asked for, when
@@ -143,7 +143,7 @@ func (h *requestHook) handOff(in *inbound) (packets.Packet, error) {
 		return h.cancel(in)
 	}
 	if d := h.b.opts.Dispatcher; d != nil {
-		settle := func(int) {}
+		settle := func(float64) {}
 		if in.settle != nil {
 			settle = in.settle
 		}

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 )
 
 // Info describes a model for the catalog.
@@ -139,9 +140,25 @@ func (r *Registry) Catalog() Catalog {
 }
 
 // Metered is implemented by model outputs that report what a request really
-// consumed (an LLM's tokens). Transports send usage to the device with the
-// final stream event and settle the device's throttle to tokens, after
-// charging the model's cost up front.
+// consumed (an LLM's tokens). Transports charge the model's cost up front,
+// send usage to the device with the final stream event, and settle the
+// device's throttle to share × the cost charged.
 type Metered interface {
-	Usage() (usage any, tokens int)
+	// Consumed returns the usage to report and the share of the up-front
+	// cost the request really used, in [0, 1].
+	Consumed() (usage any, share float64)
 }
+
+// UnavailableError means a model cannot serve a request now through no fault
+// of the request: its backend is unreachable, refuses the service's
+// credentials, is rate limited or failed. Transports answer 503
+// model_unavailable, with RetryAfter when it is known.
+type UnavailableError struct {
+	Msg        string
+	RetryAfter time.Duration
+	Err        error
+}
+
+func (e *UnavailableError) Error() string { return e.Msg }
+
+func (e *UnavailableError) Unwrap() error { return e.Err }

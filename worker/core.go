@@ -67,15 +67,16 @@ func (c *Core) Run(ctx context.Context, j Job) api.Result {
 }
 
 // Do is Run that also returns what the request really cost in throttle
-// tokens when the model's output is metered (inference.Metered), else -1.
-func (c *Core) Do(ctx context.Context, j Job) (res api.Result, tokens int) {
-	res, tokens = c.do(ctx, j)
+// share of its up-front cost when the model's output is metered
+// (inference.Metered), else -1.
+func (c *Core) Do(ctx context.Context, j Job) (res api.Result, share float64) {
+	res, share = c.do(ctx, j)
 	res.RateLimit = j.RateLimit
-	return res, tokens
+	return res, share
 }
 
-func (c *Core) do(ctx context.Context, j Job) (api.Result, int) {
-	fail := func(e *api.Error) (api.Result, int) { return api.ErrorResult(j.Request.ID, j.Model, e), -1 }
+func (c *Core) do(ctx context.Context, j Job) (api.Result, float64) {
+	fail := func(e *api.Error) (api.Result, float64) { return api.ErrorResult(j.Request.ID, j.Model, e), -1 }
 	m, info, e := c.lookup(j)
 	if e != nil {
 		return fail(e)
@@ -103,9 +104,9 @@ func (c *Core) do(ctx context.Context, j Job) (api.Result, int) {
 		c.log().Error("encode model output", "model", j.Model, "error", err)
 		return fail(api.Errorf(api.InferenceFailed, "model %q returned an output that cannot be encoded", j.Model))
 	}
-	tokens := -1
+	share := -1.0
 	if mt, ok := out.(inference.Metered); ok {
-		_, tokens = mt.Usage()
+		_, share = mt.Consumed()
 	}
 	return api.Result{
 		ID:           j.Request.ID,
@@ -114,7 +115,7 @@ func (c *Core) do(ctx context.Context, j Job) (api.Result, int) {
 		Status:       api.StatusOK,
 		Output:       raw,
 		LatencyMS:    float64(elapsed.Microseconds()) / 1000,
-	}, tokens
+	}, share
 }
 
 // batch answers a v2 batch: each input in order, each with its own status,
@@ -194,11 +195,16 @@ func (c *Core) guard(f func() (any, error)) (out any, err error) {
 
 func (c *Core) classify(ctx context.Context, j Job, err error) *api.Error {
 	var ie *inference.InputError
+	var ue *inference.UnavailableError
 	switch {
 	case errors.As(err, &ie):
 		return api.Errorf(api.InvalidInput, "%s", ie.Msg)
 	case errors.Is(context.Cause(ctx), errCanceledByDevice):
 		return api.Errorf(api.Canceled, "request %q was canceled by the device", j.Request.ID)
+	case errors.As(err, &ue):
+		e := api.Errorf(api.ModelUnavailable, "model %q cannot answer now: %s", j.Model, ue.Msg)
+		e.RetryAfterMS = ue.RetryAfter.Milliseconds()
+		return e
 	case errors.Is(err, context.DeadlineExceeded) || errors.Is(ctx.Err(), context.DeadlineExceeded):
 		return api.Errorf(api.DeadlineExceeded, "model %q did not finish before the request's deadline", j.Model)
 	case errors.Is(err, context.Canceled) || ctx.Err() != nil:

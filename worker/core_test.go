@@ -39,6 +39,8 @@ func (m *coreTestModel) Infer(ctx context.Context, req inference.Request) (any, 
 		panic("boom")
 	case "fail":
 		return nil, errors.New("backend exploded")
+	case "busy":
+		return nil, &inference.UnavailableError{Msg: "backend rate limited", RetryAfter: 2 * time.Second}
 	case "block":
 		select {
 		case <-m.block:
@@ -86,6 +88,7 @@ func TestCoreRun(t *testing.T) {
 		{"unavailable", job("off", `{}`), 503, api.ModelUnavailable},
 		{"panic", job("sum", `{"mode":"panic"}`), 500, api.InferenceFailed},
 		{"fail", job("sum", `{"mode":"fail"}`), 500, api.InferenceFailed},
+		{"backend unavailable", job("sum", `{"mode":"busy"}`), 503, api.ModelUnavailable},
 		{"waited past deadline", func() Job {
 			j := job("sum", `{"xs":[1]}`)
 			j.Received = time.Now().Add(-2 * time.Second)
@@ -119,6 +122,9 @@ func TestCoreRun(t *testing.T) {
 				t.Errorf("error %+v, want type %s", res.Error, c.typ)
 			}
 		})
+	}
+	if e := core.Run(context.Background(), job("sum", `{"mode":"busy"}`)).Error; e.RetryAfterMS != 2000 {
+		t.Errorf("503 retry_after_ms %d, want 2000", e.RetryAfterMS)
 	}
 	if e := core.Run(context.Background(), job("nope", `{}`)).Error; len(e.Models) != 2 {
 		t.Errorf("404 lists %v", e.Models)

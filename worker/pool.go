@@ -29,9 +29,9 @@ type Task struct {
 	Event func(api.StreamEvent)
 	// Done, when set, is called once after the last reply.
 	Done func()
-	// Settle, when set, is called with the throttle tokens the request
-	// really cost, for models whose output is metered.
-	Settle func(tokens int)
+	// Settle, when set, is called with the share of its up-front cost a
+	// request really used, for models whose output is metered.
+	Settle func(share float64)
 }
 
 // lane keeps one device's requests for one model in arrival order: a worker
@@ -266,21 +266,22 @@ func (p *Pool) handle(tk *task) {
 	p.core.Metrics.QueueWait(time.Since(j.Received).Seconds())
 	p.core.Metrics.Busy(1)
 	defer p.core.Metrics.Busy(-1)
-	var status, tokens int
+	var status int
+	var share float64
 	if tk.Event != nil && p.core.Streams(j) {
 		var final api.StreamEvent
-		final, tokens = p.core.RunStream(tk.ctx, j, tk.Event)
+		final, share = p.core.RunStream(tk.ctx, j, tk.Event)
 		status = final.Status
 	} else {
 		var res api.Result
-		res, tokens = p.core.Do(tk.ctx, j)
+		res, share = p.core.Do(tk.ctx, j)
 		status = res.Status
 		if tk.Result != nil {
 			tk.Result(res)
 		}
 	}
 	p.core.Metrics.Request(j.Version, j.Model, status)
-	if tokens >= 0 && tk.Settle != nil {
-		tk.Settle(tokens)
+	if share >= 0 && tk.Settle != nil {
+		tk.Settle(share)
 	}
 }

@@ -29,10 +29,11 @@ func (c *Core) Streams(j Job) bool {
 
 // RunStream answers a job with stream events: delta events with seq 0, 1, …
 // as the model produces them, then exactly one done or error event, which it
-// also returns. emit is called from the calling goroutine only. tokens is
-// what the request really cost when the model's output is metered, else -1.
-func (c *Core) RunStream(ctx context.Context, j Job, emit func(api.StreamEvent)) (final api.StreamEvent, tokens int) {
-	tokens = -1
+// also returns. emit is called from the calling goroutine only. share is
+// the share of its up-front cost the request used when the model's output
+// is metered, else -1.
+func (c *Core) RunStream(ctx context.Context, j Job, emit func(api.StreamEvent)) (final api.StreamEvent, share float64) {
+	share = -1
 	seq := 0
 	end := func(ev api.StreamEvent) api.StreamEvent {
 		ev.ID, ev.Model, ev.Seq, ev.RateLimit = j.Request.ID, j.Model, seq, j.RateLimit
@@ -44,15 +45,15 @@ func (c *Core) RunStream(ctx context.Context, j Job, emit func(api.StreamEvent))
 	}
 	m, _, e := c.lookup(j)
 	if e != nil {
-		return fail(e), tokens
+		return fail(e), share
 	}
 	s, ok := m.(inference.Streamer)
 	if !ok {
-		return fail(api.Errorf(api.InvalidRequest, "model %q does not stream", j.Model)), tokens
+		return fail(api.Errorf(api.InvalidRequest, "model %q does not stream", j.Model)), share
 	}
 	ctx, cancel, e := c.deadline(ctx, j)
 	if e != nil {
-		return fail(e), tokens
+		return fail(e), share
 	}
 	defer cancel()
 
@@ -69,18 +70,18 @@ func (c *Core) RunStream(ctx context.Context, j Job, emit func(api.StreamEvent))
 		})
 	})
 	if err != nil {
-		return fail(c.classify(ctx, j, err)), tokens
+		return fail(c.classify(ctx, j, err)), share
 	}
 	done := api.StreamEvent{Event: api.EventDone, Status: api.StatusOK}
 	if done.Output, err = json.Marshal(out); err != nil {
-		return fail(api.Errorf(api.InferenceFailed, "model %q returned an output that cannot be encoded", j.Model)), tokens
+		return fail(api.Errorf(api.InferenceFailed, "model %q returned an output that cannot be encoded", j.Model)), share
 	}
 	if mt, ok := out.(inference.Metered); ok {
-		usage, n := mt.Usage()
-		tokens = n
+		var usage any
+		usage, share = mt.Consumed()
 		if done.Usage, err = json.Marshal(usage); err != nil {
 			done.Usage = nil
 		}
 	}
-	return end(done), tokens
+	return end(done), share
 }

@@ -4,8 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"sync"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -21,7 +21,9 @@ type streamOut struct {
 	Words int `json:"words"`
 }
 
-func (o streamOut) Usage() (any, int) { return map[string]int{"words": o.Words}, o.Words }
+func (o streamOut) Consumed() (any, float64) {
+	return map[string]int{"words": o.Words}, float64(o.Words) / 10
+}
 
 func (m *streamTestModel) Info() inference.Info {
 	return inference.Info{Name: "words", Version: "1", Cost: 10, Streaming: true}
@@ -63,8 +65,8 @@ func TestPoolStreamsAndCancels(t *testing.T) {
 	t.Cleanup(func() { _ = pool.Stop(context.Background()) })
 
 	var done chan struct{}
-	run := func(id, input string, stream bool) (chan api.StreamEvent, chan api.Result, chan int) {
-		events, results, settled := make(chan api.StreamEvent, 16), make(chan api.Result, 1), make(chan int, 1)
+	run := func(id, input string, stream bool) (chan api.StreamEvent, chan api.Result, chan float64) {
+		events, results, settled := make(chan api.StreamEvent, 16), make(chan api.Result, 1), make(chan float64, 1)
 		done = make(chan struct{})
 		finished := done
 		err := pool.Submit(Task{
@@ -72,7 +74,7 @@ func TestPoolStreamsAndCancels(t *testing.T) {
 				Request: api.Request{ID: id, Input: json.RawMessage(input), Stream: stream}},
 			Result: func(r api.Result) { results <- r },
 			Event:  func(ev api.StreamEvent) { events <- ev },
-			Settle: func(n int) { settled <- n },
+			Settle: func(share float64) { settled <- share },
 			Done:   func() { close(finished) },
 		})
 		if err != nil {
@@ -91,8 +93,8 @@ func TestPoolStreamsAndCancels(t *testing.T) {
 	if ev := <-events; ev.Event != api.EventDone || ev.Seq != 3 || ev.Status != 200 || string(ev.Usage) != `{"words":3}` {
 		t.Fatalf("final %+v (usage %s)", ev, ev.Usage)
 	}
-	if n := <-settled; n != 3 {
-		t.Errorf("settled %d tokens, want 3", n)
+	if share := <-settled; share != 0.3 {
+		t.Errorf("settled a share of %v, want 0.3", share)
 	}
 
 	// Not asking for a stream gets one result.
@@ -125,7 +127,9 @@ type orderModel struct {
 	seen map[string][]int
 }
 
-func (m *orderModel) Info() inference.Info { return inference.Info{Name: "order", Version: "1", Cost: 1} }
+func (m *orderModel) Info() inference.Info {
+	return inference.Info{Name: "order", Version: "1", Cost: 1}
+}
 
 func (m *orderModel) Infer(ctx context.Context, req inference.Request) (any, error) {
 	var n int

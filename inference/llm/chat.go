@@ -85,6 +85,8 @@ type Output struct {
 	FinishReason string `json:"finish_reason"`
 	// Usage is the backend's token count.
 	Usage Usage `json:"usage"`
+	// share is the part of the up-front throttle cost really used (Consumed).
+	share float64
 	// UsageEstimated is true when the backend sent no usage: then
 	// CompletionTokens is the number of chunks that carried generated text
 	// (one token each on Ollama, llama.cpp and OpenAI; vLLM may batch) and
@@ -222,6 +224,10 @@ func (m *Model) Charge(charged int, u Usage) int {
 	return int(min(max(used, 1), int64(charged)))
 }
 
+// Consumed reports the usage and the share of the up-front throttle cost
+// the request really used (inference.Metered).
+func (o Output) Consumed() (any, float64) { return o.Usage, o.share }
+
 // Close releases the idle connections of the model's own HTTP client. The
 // model must not be used after.
 func (m *Model) Close() error {
@@ -298,6 +304,34 @@ func (c *chunk) isError() bool {
 // backend answered; ErrBackendUnreachable or ErrStreamBroken wrapped with
 // detail; ctx's error, wrapped, when ctx ended it.
 func (m *Model) InferStream(ctx context.Context, req inference.Request, emit func(delta any) error) (any, error) {
+	out, err := m.inferStream(ctx, req, emit)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	o := out.(Output)
+	o.share = float64(m.Charge(m.info.Cost, o.Usage)) / float64(max(m.info.Cost, 1))
+	return o, nil
+}
+
+// unavailable wraps the errors that mean the backend cannot answer now (not
+// the input's fault) in an *inference.UnavailableError, for 503
+// model_unavailable; errors of the input and the caller's own context end
+// pass through.
+func unavailable(err error) error {
+	var be *BackendError
+	switch {
+	case errors.As(err, &be):
+		if be.InvalidInput() {
+			return err
+		}
+		return &inference.UnavailableError{Msg: be.Error(), RetryAfter: be.RetryAfter, Err: err}
+	case errors.Is(err, ErrBackendUnreachable), errors.Is(err, ErrStreamBroken), errors.Is(err, ErrEventTooLarge):
+		return &inference.UnavailableError{Msg: err.Error(), Err: err}
+	}
+	return err
+}
+
+func (m *Model) inferStream(ctx context.Context, req inference.Request, emit func(delta any) error) (any, error) {
 	in, err := decodeInput(req.Input, req.Params, m.cfg.MaxTokens)
 	if err != nil {
 		return nil, err

@@ -182,6 +182,8 @@ func TestServers(t *testing.T) {
 			if strings.Join(deltas, "|") != strings.Join(tt.tokens, "|") {
 				t.Errorf("deltas %q, want %q", deltas, tt.tokens)
 			}
+			// The settled share is the completion tokens over max_tokens.
+			want.share = float64(m.Charge(m.Info().Cost, want.Usage)) / float64(m.Info().Cost)
 			if out != want {
 				t.Errorf("output %+v, want %+v", out, want)
 			}
@@ -627,6 +629,7 @@ func TestWholeJSONAnswer(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := Output{Text: "Blue light scatters.", FinishReason: "stop", Usage: Usage{8, 4, 12}, Model: "tiny"}
+	want.share = float64(m.Charge(m.Info().Cost, want.Usage)) / float64(m.Info().Cost)
 	if out != want || len(deltas) != 1 || deltas[0] != want.Text {
 		t.Errorf("output %+v, deltas %q", out, deltas)
 	}
