@@ -59,15 +59,18 @@ type Config struct {
 	MaxLines int
 	// RecMaxWidth is the widest a text box is scaled to for recognition, in
 	// pixels at the recogniser's height of 48: longer lines are squeezed.
-	// Default 1600 (a line 33 times as long as it is high).
+	// Default 1600 (a line 33 times as long as it is high). PaddleOCR does
+	// not cap it; a cap of 320 would squeeze a 50-character line to a
+	// third and make it unreadable.
 	RecMaxWidth int
 	// RecBatchWidth bounds how many text boxes share one run of the
 	// recogniser: boxes are grouped by width, each group padded to its
 	// widest (at least 320 px), and a group holds as many as fit in this
 	// total width, in pixels at height 48; a box wider than it runs alone.
 	// Negative puts all the boxes of an image in one run. Default 1280 (4
-	// short lines a run): on CPU, batching short lines saves about 10% and
-	// batching long ones costs up to 50% more per line (BenchmarkRecBatch).
+	// short lines a run). Measured on CPU with 1 thread, batching short
+	// lines gains 0–10% and batching long ones costs up to twice the time
+	// per line (BenchmarkRecBatch), hence a budget rather than a count.
 	RecBatchWidth int
 	// MinConfidence drops recognised lines whose confidence is below it.
 	// Default 0.5 (PaddleOCR's drop_score); negative keeps every line that

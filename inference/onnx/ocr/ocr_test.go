@@ -385,3 +385,17 @@ func TestBlank(t *testing.T) {
 		t.Errorf("output %s", b)
 	}
 }
+
+// TestWarmupImage checks that the image New warms up on reads as the
+// reading drawn on it (in a bitmap font unlike the test fonts), so that
+// warm-up runs both models on a line of text.
+func TestWarmupImage(t *testing.T) {
+	m := model(t)
+	r, err := m.read(context.Background(), warmupImage())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(r.Lines) != 1 || similarity(squash(r.Text), "04521.7kWh") < 0.9 {
+		t.Errorf("warm-up image read as %+v", r)
+	}
+}
