@@ -175,6 +175,27 @@ type Models struct {
 	OCR OCR `mapstructure:"ocr" yaml:"ocr"`
 	// Detect configures the object detection model.
 	Detect Detect `mapstructure:"detect" yaml:"detect"`
+	// Chat configures the LLM chat model (off unless BaseURL is set).
+	Chat Chat `mapstructure:"chat" yaml:"chat"`
+}
+
+// Chat configures the LLM chat model: a client of an OpenAI-compatible
+// Chat Completions server (Ollama, llama.cpp, vLLM, OpenAI).
+type Chat struct {
+	// BaseURL is the server's API root, e.g. http://127.0.0.1:11434/v1; "" switches chat off.
+	BaseURL string `mapstructure:"base_url" yaml:"base_url"`
+	// Model is the server's model name, e.g. llama3.2:1b.
+	Model string `mapstructure:"model" yaml:"model"`
+	// APIKeyEnv names the environment variable that holds the API key.
+	APIKeyEnv string `mapstructure:"api_key_env" yaml:"api_key_env"`
+	// Timeout bounds a whole chat request.
+	Timeout time.Duration `mapstructure:"timeout" yaml:"timeout"`
+	// IdleTimeout bounds the gap between two chunks of a stream.
+	IdleTimeout time.Duration `mapstructure:"idle_timeout" yaml:"idle_timeout"`
+	// MaxTokens is the default and the cap of a request's max_tokens.
+	MaxTokens int `mapstructure:"max_tokens" yaml:"max_tokens"`
+	// Cost is the throttle tokens charged up front for max_tokens.
+	Cost int `mapstructure:"cost" yaml:"cost"`
 }
 
 // VAD configures the voice activity model (Silero VAD v5).
@@ -261,6 +282,8 @@ func defaults() Config {
 			VAD:     VAD{MaxStreams: 10000, IdleTTL: 5 * time.Minute},
 			OCR:     OCR{MaxPixels: 4_000_000},
 			Detect:  Detect{MaxPixels: 4_000_000, MaxBatch: 8, MaxDelay: 2 * time.Millisecond},
+			Chat: Chat{APIKeyEnv: "MQTTINFER_CHAT_API_KEY", Timeout: 2 * time.Minute, IdleTimeout: 30 * time.Second,
+				MaxTokens: 512, Cost: 8},
 		},
 	}
 }

@@ -131,6 +131,21 @@ var options = []option{
 		doc: "Most images the detect model runs in one batch (dynamic batching); 1 switches batching off."},
 	{key: "models.detect.max_delay", unit: "duration",
 		doc: "Longest a detect request waits for others to fill its batch."},
+
+	{key: "models.chat.base_url", flag: "chat-url", usage: "OpenAI-compatible chat server API root (\"\" = chat off)", unit: "URL", def: "`\"\"` (off)",
+		doc: "API root of an OpenAI-compatible Chat Completions server: `http://127.0.0.1:11434/v1` (Ollama), `http://127.0.0.1:8080/v1` (llama.cpp's llama-server), `http://127.0.0.1:8000/v1` (vLLM), `https://api.openai.com/v1`. Empty switches the chat model off (the catalog lists it unavailable)."},
+	{key: "models.chat.model", flag: "chat-model", usage: "model name on the chat server",
+		doc: "Model name on the chat server, e.g. `llama3.2:1b` (Ollama) or `gpt-4o-mini`. Required when `models.chat.base_url` is set."},
+	{key: "models.chat.api_key_env",
+		doc: "Name of the environment variable that holds the chat server's API key (sent as `Authorization: Bearer`). The key itself is never in the configuration, the logs or the catalog; an unset variable sends no key (Ollama, llama.cpp)."},
+	{key: "models.chat.timeout", unit: "duration",
+		doc: "Longest a whole chat request may take; past it the stream ends with an `error` event (503)."},
+	{key: "models.chat.idle_timeout", unit: "duration",
+		doc: "Longest gap between two chunks of a chat stream (keep-alive comments count); past it the stream ends with an `error` event."},
+	{key: "models.chat.max_tokens", unit: "tokens",
+		doc: "Default and cap of a chat request's `max_tokens`."},
+	{key: "models.chat.cost", unit: "tokens",
+		doc: "Throttle tokens a chat request is charged up front, for its `max_tokens`; when it ends the device gets back the share it did not use (completion tokens / `max_tokens`). At most `throttle.burst`."},
 }
 
 // envName is the environment variable of a dotted key.

@@ -192,6 +192,22 @@ func (c Config) Validate(knownModels []string) error {
 	if c.Models.Detect.MaxBatch < 1 {
 		bad("models.detect.max_batch", c.Models.Detect.MaxBatch, "must be at least 1 image")
 	}
+	if ch := c.Models.Chat; ch.BaseURL != "" {
+		if u, err := url.Parse(ch.BaseURL); err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+			bad("models.chat.base_url", ch.BaseURL, "must be an http:// or https:// URL with a host")
+		}
+		if ch.Model == "" {
+			bad("models.chat.model", ch.Model, "must be set when models.chat.base_url is")
+		}
+	}
+	positive(bad, "models.chat.timeout", c.Models.Chat.Timeout)
+	positive(bad, "models.chat.idle_timeout", c.Models.Chat.IdleTimeout)
+	if c.Models.Chat.MaxTokens < 1 {
+		bad("models.chat.max_tokens", c.Models.Chat.MaxTokens, "must be at least 1 token")
+	}
+	if c.Models.Chat.Cost < 1 {
+		bad("models.chat.cost", c.Models.Chat.Cost, "must be at least 1 token")
+	}
 	if c.Models.Detect.MaxDelay < 0 {
 		bad("models.detect.max_delay", c.Models.Detect.MaxDelay, "must not be negative")
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/mqttinfer/mqttinfer/config"
 	"github.com/mqttinfer/mqttinfer/inference"
 	"github.com/mqttinfer/mqttinfer/inference/anomaly"
+	"github.com/mqttinfer/mqttinfer/inference/llm"
 	"github.com/mqttinfer/mqttinfer/inference/onnx"
 	"github.com/mqttinfer/mqttinfer/inference/onnx/ocr"
 	"github.com/mqttinfer/mqttinfer/inference/onnx/vad"
@@ -26,7 +27,7 @@ type Models struct {
 
 // KnownModels are the names of the built-in models, for config validation:
 // every model the binary knows, loaded here or not.
-func KnownModels() []string { return []string{"anomaly", "ocr", "vad"} }
+func KnownModels() []string { return []string{"anomaly", "chat", "ocr", "vad"} }
 
 // NewModels loads the built-in models configured in cfg. The ONNX models
 // need the runtime library and their files in cfg.Models.Dir (`make
@@ -64,6 +65,10 @@ func NewModels(cfg config.Config, log *slog.Logger) (*Models, error) {
 	if om, ok := o.(*ocr.Model); ok {
 		m.closers = append(m.closers, om.Close)
 	}
+
+	if err := m.loadChat(cfg.Models.Chat, log); err != nil {
+		return nil, err
+	}
 	return m, nil
 }
 
@@ -73,6 +78,32 @@ func (m *Models) add(model inference.Model, loadErr error, log *slog.Logger) err
 		log.Warn("model unavailable", "model", model.Info().Name, "reason", loadErr)
 	}
 	return m.Registry.Register(model)
+}
+
+// loadChat configures the chat model. Without a base URL it is listed
+// unavailable as not configured, which is not worth a warning.
+func (m *Models) loadChat(cfg config.Chat, log *slog.Logger) error {
+	if cfg.BaseURL == "" {
+		info := llm.Describe()
+		info.Unavailable = "not configured: set models.chat.base_url and models.chat.model (an OpenAI-compatible server such as Ollama or llama.cpp)"
+		return m.Registry.Register(unavailable{info})
+	}
+	c, err := llm.New(llm.Config{
+		BaseURL:     cfg.BaseURL,
+		Model:       cfg.Model,
+		APIKeyEnv:   cfg.APIKeyEnv,
+		Timeout:     cfg.Timeout,
+		IdleTimeout: cfg.IdleTimeout,
+		MaxTokens:   cfg.MaxTokens,
+		Cost:        cfg.Cost,
+	})
+	if err != nil {
+		info := llm.Describe()
+		info.Unavailable = unavailableReason(err)
+		return m.add(unavailable{info}, err, log)
+	}
+	m.closers = append(m.closers, c.Close)
+	return m.Registry.Register(c)
 }
 
 var (
@@ -145,7 +176,9 @@ func (m *Models) Close() {
 func NewThrottle(cfg config.Config, models *inference.Registry) (*throttle.Limiter, error) {
 	costs := map[string]int{}
 	for _, info := range models.Catalog().Models {
-		costs[info.Name] = max(info.Cost, 1)
+		if info.Unavailable == "" { // requests for it are refused before the throttle
+			costs[info.Name] = max(info.Cost, 1)
+		}
 	}
 	maps.Copy(costs, cfg.Models.Costs)
 	tc := throttle.Config{
