@@ -40,9 +40,14 @@ func (sumModel) Info() inference.Info {
 func (sumModel) Infer(ctx context.Context, req inference.Request) (any, error) {
 	var in struct {
 		Numbers []float64 `json:"numbers"`
+		// Down plays a model whose backend is out of service for Down ms.
+		Down int64 `json:"down"`
 	}
 	if err := json.Unmarshal(req.Input, &in); err != nil || len(in.Numbers) == 0 {
 		return nil, inference.InvalidInput("input.numbers: want a non-empty array of numbers")
+	}
+	if in.Down > 0 {
+		return nil, &inference.UnavailableError{Msg: "backend down", RetryAfter: time.Duration(in.Down) * time.Millisecond}
 	}
 	out := sumOut{Device: req.Device}
 	for _, n := range in.Numbers {
@@ -63,7 +68,11 @@ type wordsOut struct {
 	Words int `json:"words"`
 }
 
-func (o wordsOut) Usage() (any, int) { return map[string]int{"words": o.Words}, o.Words }
+// Consumed reports the words as usage, and a quarter of the cost per word
+// (at most all of it) as the share used.
+func (o wordsOut) Consumed() (any, float64) {
+	return map[string]int{"words": o.Words}, min(1, float64(o.Words)/4)
+}
 
 func (m *wordsModel) Info() inference.Info {
 	return inference.Info{Name: "words", Version: "1", Description: "streams words", Cost: 1, Streaming: true}
@@ -132,7 +141,10 @@ func newEnv(t testing.TB, cfg envConfig) *env {
 	}
 	m := metrics.New(e.reg)
 	core := &worker.Core{Models: e.models, DefaultDeadline: time.Minute, Metrics: m}
-	e.pool = worker.NewPool(core, max(cfg.workers, 1), max(cfg.queue, 16))
+	if cfg.queue == 0 {
+		cfg.queue = 16
+	}
+	e.pool = worker.NewPool(core, max(cfg.workers, 1), cfg.queue)
 	e.pool.Start(nil)
 	t.Cleanup(func() { _ = e.pool.Stop(context.Background()) })
 	if cfg.throttle != nil {

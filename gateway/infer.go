@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"errors"
+	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -34,9 +35,9 @@ type exchange struct {
 
 // admission is what an admitted request owes the throttle; no-ops without one.
 type admission struct {
-	release func()         // the in-flight slot, once the request is finished
-	refund  func()         // every token, when the request never ran
-	settle  func(used int) // the tokens not used, for metered outputs
+	release func()              // the in-flight slot, once the request is finished
+	refund  func()              // every token, when the request never ran
+	settle  func(share float64) // the share of the cost a metered output used
 }
 
 // infer answers POST /{ver}/models/{model}/infer.
@@ -124,7 +125,7 @@ func (g *gateway) infer(w http.ResponseWriter, r *http.Request) {
 // admit takes the request's tokens and in-flight slot from the client's
 // bucket (n inputs charged as one batch), or says why not.
 func (g *gateway) admit(x *exchange, n int) (admission, *api.Error) {
-	adm := admission{release: func() {}, refund: func() {}, settle: func(int) {}}
+	adm := admission{release: func() {}, refund: func() {}, settle: func(float64) {}}
 	if g.limiter == nil {
 		return adm, nil
 	}
@@ -142,7 +143,10 @@ func (g *gateway) admit(x *exchange, n int) (admission, *api.Error) {
 	l, client, cost := g.limiter, x.client, d.Cost
 	adm.release = sync.OnceFunc(func() { l.Done(client) })
 	adm.refund = func() { l.Refund(client, cost) }
-	adm.settle = func(used int) {
+	adm.settle = func(share float64) {
+		// As the broker settles: the used share of the cost, rounded up
+		// to whole tokens; the rest goes back.
+		used := int(math.Ceil(min(max(share, 0), 1) * float64(cost)))
 		if used < cost {
 			l.Refund(client, cost-used)
 		}
@@ -219,9 +223,6 @@ func (g *gateway) reject(x *exchange, e *api.Error) {
 	if g.limiter != nil {
 		res.RateLimit = rateLimitOf(*g.decision(x))
 	}
-	if e.Type == api.RateLimited {
-		setRetryAfter(x.w.Header(), e.RetryAfterMS)
-	}
 	g.log.Debug("inference request refused", "client", x.client, "version", x.ver, "model", x.model, "id", x.id, "status", res.Status, "error", e.Message)
 	g.answer(x, res)
 }
@@ -242,6 +243,9 @@ func (g *gateway) answer(x *exchange, res api.Result) {
 	h := x.w.Header()
 	if g.limiter != nil {
 		setRateLimitHeaders(h, *g.decision(x))
+	}
+	if res.Error != nil && res.Error.RetryAfterMS > 0 {
+		setRetryAfter(h, res.Error.RetryAfterMS) // 429, and 503 when the model's backend says when
 	}
 	var body []byte
 	var err error
