@@ -21,7 +21,6 @@ import (
 	"github.com/mqttinfer/mqttinfer/service"
 )
 
-
 // TestVADOverMQTT streams real synthesised speech (espeak-ng, resampled to
 // 16 kHz by sox) in 1 s chunks from one device: the model carries the
 // device's state across requests and finds the speech; digital silence from

@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"os"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -105,5 +106,37 @@ func modelsCmd() *cobra.Command {
 	f.StringVar(&o.Password, "password", "", "password")
 	f.DurationVar(&o.Timeout, "timeout", 5*time.Second, "how long to wait for the catalog")
 	f.BoolVar(&o.JSON, "json", false, "print the catalog as published")
+	return cmd
+}
+
+func chatCmd() *cobra.Command {
+	var o devicesim.ChatOptions
+	var showUsage bool
+	cmd := &cobra.Command{
+		Use:   "chat QUESTION",
+		Short: "Ask the chat model over MQTT and print the answer as it streams",
+		Long: `Ask the chat model a question over MQTT, as a device, and print the answer
+token by token as the stream events arrive. Ctrl-C cancels the question with
+the service, which stops the model. The service needs models.chat.base_url
+(an OpenAI-compatible server such as Ollama or llama.cpp); see the README.`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if showUsage {
+				o.Usage = cmd.ErrOrStderr()
+			}
+			return devicesim.Chat(cmd.Context(), o, strings.Join(args, " "), cmd.OutOrStdout())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&o.Broker, "broker", devicesim.DefaultBroker, "broker URL")
+	f.StringVar(&o.Prefix, "prefix", topics.DefaultPrefix, "service topic prefix")
+	f.StringVar(&o.Version, "api", "v1", "API version")
+	f.StringVar(&o.Device, "device", "", "device id to ask as (default chat-<random>)")
+	f.StringVar(&o.Username, "username", "", "username")
+	f.StringVar(&o.Password, "password", "", "password")
+	f.StringVar(&o.System, "system", "", "system message")
+	f.IntVar(&o.MaxTokens, "max-tokens", 0, "cap on the answer's tokens (0 = the service's default)")
+	f.DurationVar(&o.Timeout, "timeout", 2*time.Minute, "how long to wait for the whole answer")
+	f.BoolVar(&showUsage, "usage", false, "print the token usage at the end (on stderr)")
 	return cmd
 }

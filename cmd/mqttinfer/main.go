@@ -5,6 +5,7 @@
 //	mqttinfer sim      simulated devices and a load report
 //	mqttinfer watch    result traffic, readably
 //	mqttinfer models   the model catalog
+//	mqttinfer chat     ask the chat model, answer streamed over MQTT
 //	mqttinfer version  the version
 package main
 
@@ -33,7 +34,7 @@ func main() {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), workerCmd(), simCmd(), watchCmd(), modelsCmd(), versionCmd())
+	root.AddCommand(serveCmd(), workerCmd(), simCmd(), watchCmd(), modelsCmd(), chatCmd(), versionCmd())
 	if err := root.ExecuteContext(ctx); err != nil {
 		fmt.Fprintln(os.Stderr, "mqttinfer:", err)
 		stop()
