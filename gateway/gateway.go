@@ -13,8 +13,17 @@
 //	GET  /openapi.json                the OpenAPI 3.0 description of all routes
 //
 // The HTTP status of an inference answer is the status of its api.Result
-// (499 included, for a request whose client went away). A streamed answer is
-// 200 once it has started; its outcome is the status of its final event.
+// (499 included, for a request whose client went away). A request asks for
+// a stream with Accept: text/event-stream, ?stream=true or "stream": true;
+// a model that streams answers it with Server-Sent Events, 200 once started,
+// the outcome being the status of the final event; a model that does not
+// stream answers the plain result. A client that disconnects cancels its
+// request and the model stops.
+//
+// Each client (ClientID: a hash of its API key, else its IP address) is a
+// device to the throttle and the models, and every inference answer carries
+// the RateLimit-Policy and RateLimit headers of
+// draft-ietf-httpapi-ratelimit-headers, plus Retry-After on a 429.
 package gateway
 
 import (

@@ -61,7 +61,8 @@ func (sumModel) Infer(ctx context.Context, req inference.Request) (any, error) {
 // cancellation on canceled.
 type wordsModel struct {
 	release  chan struct{}
-	canceled chan struct{}
+	waiting  chan struct{} // a request started to wait
+	canceled chan struct{} // a waiting request was canceled
 }
 
 type wordsOut struct {
@@ -97,6 +98,10 @@ func (m *wordsModel) InferStream(ctx context.Context, req inference.Request, emi
 		}
 		if i == 0 && in.Wait {
 			select {
+			case m.waiting <- struct{}{}:
+			default:
+			}
+			select {
 			case <-m.release:
 			case <-ctx.Done():
 				m.canceled <- struct{}{}
@@ -131,7 +136,7 @@ func newEnv(t testing.TB, cfg envConfig) *env {
 	t.Helper()
 	e := &env{
 		reg:    prometheus.NewRegistry(),
-		words:  &wordsModel{release: make(chan struct{}), canceled: make(chan struct{}, 8)},
+		words:  &wordsModel{release: make(chan struct{}), waiting: make(chan struct{}, 8), canceled: make(chan struct{}, 8)},
 		models: &inference.Registry{},
 	}
 	for _, m := range []inference.Model{sumModel{}, e.words} {

@@ -112,6 +112,7 @@ func TestSSEClientGoesAway(t *testing.T) {
 	if err != nil || first.Event != api.EventDelta {
 		t.Fatalf("first event %+v: %v", first, err)
 	}
+	waitFor(t, e.words.waiting, "the model to wait")
 	cancel()
 	resp.Body.Close()
 	waitFor(t, e.words.canceled, "the model's context to end")
@@ -127,6 +128,29 @@ func TestSSEClientGoesAway(t *testing.T) {
 	}
 	if d := e.limiter.Peek("ip-127-0-0-1", "words"); d.InFlight != 1 {
 		t.Errorf("%d requests still in flight after both ended", d.InFlight-1)
+	}
+
+	// The same for a request that is not streamed.
+	ctx, cancel = context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, e.srv.URL+"/v1/models/words/infer", strings.NewReader(`{"id":"gone2","input":{"text":"a b","wait":true}}`))
+	errs := make(chan error, 1)
+	go func() {
+		resp, err := e.srv.Client().Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errs <- err
+	}()
+	waitFor(t, e.words.waiting, "the model to wait")
+	cancel()
+	waitFor(t, e.words.canceled, "the model's context to end")
+	if err := waitFor(t, errs, "the client to give up"); err == nil {
+		t.Error("a canceled client got an answer")
+	}
+	_, res = e.post(t, "/v1/models/words/infer", `{"id":"next2","input":{"text":"x"}}`)
+	if n := e.counter(t, "mqttinfer_requests_total", map[string]string{"version": "v1", "model": "words", "status": "499"}); n != 2 || res.Status != 200 {
+		t.Errorf("canceled requests counted %v times as 499, want 2", n)
 	}
 
 	e.srv.Close()
