@@ -40,8 +40,9 @@ type Service struct {
 	reg      *prometheus.Registry
 	models   *Models
 	limiter  *throttle.Limiter
+	httpLim  *throttle.Limiter // HTTP clients: their own buckets, the same limits
 	broker   *broker.Broker
-	pool     *worker.Pool // nil when worker.in_process is off
+	pool     *worker.Pool // MQTT requests when worker.in_process is on; HTTP requests always
 	httpSrv  *http.Server
 	httpLn   net.Listener
 	since    string
@@ -97,8 +98,10 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 			opts.Credentials = append(opts.Credentials, broker.Credential{Username: c.Username, Password: c.Password, Role: broker.Role(c.Role)})
 		}
 	}
+	// The pool serves the embedded broker's requests when in-process
+	// workers are on, and the HTTP gateway's always: one path, two front doors.
+	s.pool = worker.NewPool(core, cfg.Worker.PoolSize(), cfg.Worker.QueueSize)
 	if cfg.Worker.InProcess {
-		s.pool = worker.NewPool(core, cfg.Worker.PoolSize(), cfg.Worker.QueueSize)
 		opts.Dispatcher = s.pool
 	}
 	if s.broker, err = broker.New(opts); err != nil {
@@ -109,10 +112,22 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 			s.broker.Close()
 			return nil, fmt.Errorf("http listener on %s: %w", cfg.HTTP.Addr, err)
 		}
+		if cfg.Throttle.Enabled {
+			if s.httpLim, err = NewThrottle(cfg, s.models.Registry); err != nil {
+				s.broker.Close()
+				return nil, err
+			}
+		}
 		s.httpSrv = &http.Server{
 			Handler: gateway.New(gateway.Options{
-				Gatherer: s.reg,
-				Ready:    map[string]gateway.Check{"broker": s.broker.Ready, "workers": s.workersReady},
+				Gatherer:    s.reg,
+				Ready:       map[string]gateway.Check{"broker": s.broker.Ready, "workers": s.workersReady},
+				Pool:        s.pool,
+				Models:      s.models.Registry,
+				Throttle:    s.httpLim,
+				Metrics:     m,
+				MaxBodySize: cfg.MQTT.MaxRequestSize,
+				Log:         log.With("component", "gateway"),
 			}),
 			ReadHeaderTimeout: 10 * time.Second,
 		}
@@ -125,9 +140,7 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 func (s *Service) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
-	if s.pool != nil {
-		s.pool.Start(s.broker)
-	}
+	s.pool.Start(s.broker)
 	if err := s.broker.Serve(); err != nil {
 		return fmt.Errorf("start broker: %w", err)
 	}
@@ -137,8 +150,10 @@ func (s *Service) Start() error {
 	s.since = time.Now().UTC().Format(time.RFC3339)
 	s.publishStatus("online")
 	s.goRun(func() { s.refreshStatus(ctx) })
-	if s.limiter != nil {
-		s.goRun(func() { s.limiter.Run(ctx) })
+	for _, l := range []*throttle.Limiter{s.limiter, s.httpLim} {
+		if l != nil {
+			s.goRun(func() { l.Run(ctx) })
+		}
 	}
 	s.goRun(func() { s.models.Run(ctx) })
 	if s.httpSrv != nil {
@@ -163,16 +178,16 @@ func (s *Service) goRun(f func()) { s.wg.Go(f) }
 func (s *Service) Shutdown(ctx context.Context) error {
 	var err error
 	s.stopOnce.Do(func() {
-		if s.pool != nil {
-			err = s.pool.Stop(ctx)
-		}
+		err = s.pool.Stop(ctx)
 		s.publishStatus("offline")
 		if s.cancel != nil {
 			s.cancel()
 		}
 		if s.httpSrv != nil {
 			hctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-			_ = s.httpSrv.Shutdown(hctx)
+			if s.httpSrv.Shutdown(hctx) != nil {
+				_ = s.httpSrv.Close() // streams still open: end them
+			}
 			cancel()
 		}
 		s.broker.Close()
@@ -204,9 +219,6 @@ func (s *Service) Registry() *prometheus.Registry { return s.reg }
 func (s *Service) Models() *inference.Registry { return s.models.Registry }
 
 func (s *Service) workersReady(context.Context) error {
-	if s.pool == nil {
-		return nil // remote workers are not this node's to check
-	}
 	if q := s.pool.QueueDepth(); q >= s.cfg.Worker.QueueSize {
 		return fmt.Errorf("request queue is full (%d)", q)
 	}
@@ -235,11 +247,10 @@ func (s *Service) publishStatus(state string) {
 		Models:    s.models.Registry.Names(),
 		Since:     s.since,
 	}
-	if s.pool == nil {
+	if !s.cfg.Worker.InProcess {
 		st.Transport = "broker_only"
-	} else {
-		st.QueueDepth = s.pool.QueueDepth()
 	}
+	st.QueueDepth = s.pool.QueueDepth()
 	if state == "offline" {
 		st.Since = time.Now().UTC().Format(time.RFC3339)
 	}
