@@ -1,10 +1,18 @@
 package tests
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/mqttinfer/mqttinfer/topics"
 
 	devicesim "github.com/mqttinfer/mqttinfer/device-sim"
 )
@@ -40,4 +48,105 @@ func BenchmarkRoundTrip(b *testing.B) {
 			b.ReportMetric(float64(rep.Lost), "lost")
 		})
 	}
+}
+
+// BenchmarkFrontDoors compares one request's round trip through the two
+// front doors of the same service and model: MQTT (QoS 1, request topic to
+// result topic) and HTTP (POST /v1/models/anomaly/infer). Sequential, one
+// client each; the ratio of the two is the gateway's overhead.
+func BenchmarkFrontDoors(b *testing.B) {
+	cfg := testConfig(b)
+	cfg.Throttle.Enabled = false
+	svc := startService(b, cfg)
+	body := []byte(`{"input":{"sensor":"temp","value":21.5}}`)
+
+	b.Run("mqtt", func(b *testing.B) {
+		d := newDevice(b, svc.MQTTAddr(), cfg.Prefix, "bench-mqtt")
+		topic := topics.Request(cfg.Prefix, "v1", "bench-mqtt", "anomaly")
+		for b.Loop() {
+			d.publish(topic, body)
+			<-d.msgs
+		}
+	})
+	b.Run("http", func(b *testing.B) {
+		url := "http://" + svc.HTTPAddr() + "/v1/models/anomaly/infer"
+		for b.Loop() {
+			resp, err := httpClient.Post(url, "application/json", bytes.NewReader(body))
+			if err != nil {
+				b.Fatal(err)
+			}
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != 200 {
+				b.Fatalf("status %d", resp.StatusCode)
+			}
+		}
+	})
+}
+
+// BenchmarkTimeToFirstToken measures the time from asking to the first
+// token of a chat answer: straight from a local OpenAI-compatible server
+// (the baseline), relayed over MQTT as a delta event, and relayed over HTTP
+// as a Server-Sent Event.
+func BenchmarkTimeToFirstToken(b *testing.B) {
+	srv := httptest.NewServer(&chatBackend{answer: "first second third"})
+	b.Cleanup(srv.Close)
+	cfg := testConfig(b)
+	cfg.Throttle.Enabled = false
+	cfg.Models.Chat.BaseURL, cfg.Models.Chat.Model = srv.URL+"/v1", "tiny"
+	svc := startService(b, cfg)
+	ask := []byte(`{"stream":true,"input":{"prompt":"hi"}}`)
+	firstData := func(r io.Reader) {
+		sc := bufio.NewScanner(r)
+		for sc.Scan() {
+			if strings.HasPrefix(sc.Text(), "data: ") {
+				return
+			}
+		}
+	}
+
+	b.Run("direct", func(b *testing.B) {
+		for b.Loop() {
+			resp, err := httpClient.Post(srv.URL+"/v1/chat/completions", "application/json",
+				strings.NewReader(`{"model":"tiny","stream":true,"messages":[{"role":"user","content":"hi"}]}`))
+			if err != nil {
+				b.Fatal(err)
+			}
+			firstData(resp.Body)
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+		}
+	})
+	b.Run("mqtt", func(b *testing.B) {
+		d := newDevice(b, svc.MQTTAddr(), cfg.Prefix, "bench-chat")
+		topic := topics.Request(cfg.Prefix, "v1", "bench-chat", "chat")
+		for b.Loop() {
+			d.publish(topic, ask)
+			<-d.msgs // the first delta
+			b.StopTimer()
+			for {
+				m := <-d.msgs
+				if bytes.Contains(m.Payload(), []byte(`"event":"done"`)) {
+					break
+				}
+			}
+			b.StartTimer()
+		}
+	})
+	b.Run("sse", func(b *testing.B) {
+		url := "http://" + svc.HTTPAddr() + "/v1/models/chat/infer"
+		for b.Loop() {
+			req, _ := http.NewRequest("POST", url, bytes.NewReader(ask))
+			req.Header.Set("Accept", "text/event-stream")
+			resp, err := httpClient.Do(req)
+			if err != nil {
+				b.Fatal(err)
+			}
+			firstData(resp.Body)
+			b.StopTimer()
+			_, _ = io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			b.StartTimer()
+		}
+	})
 }

@@ -30,7 +30,9 @@ type chatBackend struct {
 func (b *chatBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var body map[string]any
 	_ = json.NewDecoder(r.Body).Decode(&body)
-	b.seen <- body
+	if b.seen != nil {
+		b.seen <- body
+	}
 	if r.URL.Path != "/v1/chat/completions" {
 		http.Error(w, `{"error":{"message":"not found"}}`, http.StatusNotFound)
 		return

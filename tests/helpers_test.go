@@ -98,14 +98,14 @@ func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return le
 
 // device is a real MQTT 3.1.1 client (paho) subscribed to its own results.
 type device struct {
-	t      *testing.T
+	t      testing.TB
 	id     string
 	prefix string
 	c      paho.Client
 	msgs   chan paho.Message
 }
 
-func connect(t *testing.T, addr, clientID string, opts ...func(*paho.ClientOptions)) paho.Client {
+func connect(t testing.TB, addr, clientID string, opts ...func(*paho.ClientOptions)) paho.Client {
 	t.Helper()
 	o := paho.NewClientOptions().AddBroker("tcp://" + addr).SetClientID(clientID).
 		SetCleanSession(true).SetAutoReconnect(false).SetConnectTimeout(wait)
@@ -122,7 +122,7 @@ func connect(t *testing.T, addr, clientID string, opts ...func(*paho.ClientOptio
 
 // newDevice connects a device with client id id and subscribes to all of
 // its result topics (every version and model) at QoS 1.
-func newDevice(t *testing.T, addr, prefix, id string) *device {
+func newDevice(t testing.TB, addr, prefix, id string) *device {
 	t.Helper()
 	d := &device{t: t, id: id, prefix: prefix, msgs: make(chan paho.Message, 1024)}
 	d.c = connect(t, addr, id)
@@ -183,7 +183,7 @@ func (d *device) replyStatus(want int) api.Result {
 	return r
 }
 
-func mustJSON(t *testing.T, v any) []byte {
+func mustJSON(t testing.TB, v any) []byte {
 	t.Helper()
 	if b, ok := v.([]byte); ok {
 		return b
@@ -205,7 +205,7 @@ func sample(id string, v float64) map[string]any {
 
 // metricValue scrapes /metrics and returns the value of the series whose
 // name and labels are given as they appear in the text format, 0 if absent.
-func metricValue(t *testing.T, httpAddr, series string) float64 {
+func metricValue(t testing.TB, httpAddr, series string) float64 {
 	t.Helper()
 	body := httpGet(t, "http://"+httpAddr+"/metrics", 200)
 	for _, line := range splitLines(body) {
@@ -232,7 +232,7 @@ func splitLines(s string) []string {
 	return append(out, s[start:])
 }
 
-func httpGet(t *testing.T, url string, want int) string {
+func httpGet(t testing.TB, url string, want int) string {
 	t.Helper()
 	resp, err := httpClient.Get(url)
 	if err != nil {
