@@ -39,6 +39,17 @@ sim() { # sim PORT DEVICES RATE -> JSON report on stdout
 
 summary() { jq -r '"\(.devices) devices: \(.round_trips_per_sec|floor) round trips/s, p50 \(.latency.p50_ms) ms, p99 \(.latency.p99_ms) ms, max \(.latency.max_ms) ms, sent \(.sent), ok \(.ok), throttled \(.throttled), errors \(.errors|tostring), lost \(.lost)"'; }
 
+echo "== front doors and streaming (go test -bench, sequential, one client)"
+go test -run '^$' -bench 'FrontDoors|TimeToFirstToken' -benchtime 500x ./tests/ | tee "$work/doors.txt" | grep ^Benchmark
+ns() { awk -v n="$1" '$1 ~ n {print $3}' "$work/doors.txt" | head -1; }
+python3 - "$(ns FrontDoors/mqtt)" "$(ns FrontDoors/http)" "$(ns TimeToFirstToken/direct)" "$(ns TimeToFirstToken/mqtt)" "$(ns TimeToFirstToken/sse)" <<'PY'
+import sys
+mqtt, http, direct, ttft_mqtt, ttft_sse = map(float, sys.argv[1:])
+print(f"ratio HTTP gateway / direct MQTT QoS 1 round trip: {http/mqtt:.2f}x")
+print(f"ratio time to first token relayed over MQTT / straight from the server: {ttft_mqtt/direct:.2f}x ({ttft_mqtt/1e3:.0f} us vs {direct/1e3:.0f} us)")
+print(f"ratio time to first token relayed over SSE / straight from the server: {ttft_sse/direct:.2f}x ({ttft_sse/1e3:.0f} us)")
+PY
+
 echo "== round trips at QoS 1 (anomaly model, $DUR each)"
 p=$(freeport); h=$(freeport); pid=$(serve "$p" "$h"); pids+=("$pid"); waitport "$p"
 # Offered load: 12,000 requests/s in all, near what this 2-core machine
