@@ -13,6 +13,7 @@ import (
 	"github.com/mqttinfer/mqttinfer/inference/anomaly"
 	"github.com/mqttinfer/mqttinfer/inference/llm"
 	"github.com/mqttinfer/mqttinfer/inference/onnx"
+	"github.com/mqttinfer/mqttinfer/inference/onnx/detect"
 	"github.com/mqttinfer/mqttinfer/inference/onnx/ocr"
 	"github.com/mqttinfer/mqttinfer/inference/onnx/vad"
 	"github.com/mqttinfer/mqttinfer/throttle"
@@ -27,7 +28,7 @@ type Models struct {
 
 // KnownModels are the names of the built-in models, for config validation:
 // every model the binary knows, loaded here or not.
-func KnownModels() []string { return []string{"anomaly", "chat", "ocr", "vad"} }
+func KnownModels() []string { return []string{"anomaly", "chat", "detect", "ocr", "vad"} }
 
 // NewModels loads the built-in models configured in cfg. The ONNX models
 // need the runtime library and their files in cfg.Models.Dir (`make
@@ -64,6 +65,17 @@ func NewModels(cfg config.Config, log *slog.Logger) (*Models, error) {
 	}
 	if om, ok := o.(*ocr.Model); ok {
 		m.closers = append(m.closers, om.Close)
+	}
+
+	dt, err := loadONNX(rtErr, detect.Describe, func() (*detect.Model, error) {
+		return detect.New(detect.Config{Dir: cfg.Models.Dir, Threads: cfg.Models.Threads, MaxPixels: cfg.Models.Detect.MaxPixels,
+			MaxBatch: cfg.Models.Detect.MaxBatch, MaxDelay: cfg.Models.Detect.MaxDelay})
+	})
+	if err := m.add(dt, err, log); err != nil {
+		return nil, err
+	}
+	if dm, ok := dt.(*detect.Model); ok {
+		m.closers = append(m.closers, dm.Close)
 	}
 
 	if err := m.loadChat(cfg.Models.Chat, log); err != nil {

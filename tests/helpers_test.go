@@ -38,8 +38,15 @@ func testConfig(t testing.TB) config.Config {
 	cfg.MQTT.TCPAddr = "127.0.0.1:0"
 	cfg.MQTT.WSAddr = ""
 	cfg.HTTP.Addr = "127.0.0.1:0"
-	cfg.Models.Dir = filepath.Join("..", ".cache", "models")
+	// Without the ONNX models a node starts in milliseconds; the tests of
+	// those models ask for them with withModels.
+	cfg.Models.Dir = filepath.Join(t.TempDir(), "no-models")
 	return cfg
+}
+
+// withModels points cfg at the models `make models` fetched.
+func withModels(cfg *config.Config) {
+	cfg.Models.Dir = filepath.Join("..", ".cache", "models")
 }
 
 // smallBucket gives every device a bucket of burst tokens refilled at rate

@@ -29,6 +29,7 @@ func TestVADOverMQTT(t *testing.T) {
 	requireTool(t, "/usr/bin/espeak-ng", "espeak-ng")
 	requireTool(t, "/usr/bin/sox", "sox")
 	cfg := testConfig(t)
+	withModels(&cfg)
 	cfg.Throttle.Enabled = false
 	svc := startService(t, cfg)
 	requireModel(t, svc, "vad")
@@ -132,6 +133,7 @@ func TestOCROverMQTT(t *testing.T) {
 	const fontPath = "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf"
 	requireTool(t, fontPath, "fonts-dejavu-core")
 	cfg := testConfig(t)
+	withModels(&cfg)
 	cfg.Throttle.Enabled = false
 	svc := startService(t, cfg)
 	requireModel(t, svc, "ocr")
@@ -191,4 +193,47 @@ func renderText(t *testing.T, fontPath, text string, w, h int) []byte {
 		t.Fatal(err)
 	}
 	return buf.Bytes()
+}
+
+// TestDetectOverMQTT: a camera device sends a real photo nobody here made
+// (Debian's darknet ships dog.jpg); the detect model finds the dog and the
+// bicycle.
+func TestDetectOverMQTT(t *testing.T) {
+	const photo = "/usr/share/darknet/data/dog.jpg"
+	requireTool(t, photo, "darknet")
+	cfg := testConfig(t)
+	withModels(&cfg)
+	cfg.Throttle.Enabled = false
+	cfg.MQTT.MaxRequestSize = 1 << 20 // the photo is 160 KB, base64 more
+	cfg.MQTT.MaxPacketSize = 2 << 20
+	svc := startService(t, cfg)
+	requireModel(t, svc, "detect")
+	jpg, err := os.ReadFile(photo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := newDevice(t, svc.MQTTAddr(), cfg.Prefix, "cam-1")
+	d.request("detect", map[string]any{"id": "f1", "input": map[string]any{"image": base64.StdEncoding.EncodeToString(jpg)}})
+	r := d.replyStatus(200)
+	var out struct {
+		Detections []struct {
+			Label string  `json:"label"`
+			Score float64 `json:"score"`
+		} `json:"detections"`
+	}
+	if err := json.Unmarshal(r.Output, &out); err != nil {
+		t.Fatal(err)
+	}
+	found := map[string]bool{}
+	for _, det := range out.Detections {
+		found[det.Label] = true
+	}
+	if !found["dog"] || !found["bicycle"] {
+		t.Errorf("detections %s: want a dog and a bicycle", r.Output)
+	}
+	// Not an image: a clear 422.
+	d.request("detect", map[string]any{"id": "junk", "input": map[string]any{"image": base64.StdEncoding.EncodeToString([]byte("GIF89a not really"))}})
+	if r := d.replyStatus(422); r.Error.Type != api.InvalidInput {
+		t.Errorf("junk image: %+v", r.Error)
+	}
 }
