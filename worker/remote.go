@@ -101,9 +101,26 @@ type RemoteOptions struct {
 // each client to its own request topics.
 //
 // Delivery: requests are taken at QoS 1 and acknowledged (PUBACK) only after
-// their reply has been published and acknowledged by the broker, so a worker
-// that dies mid-request does not acknowledge it. Redelivered copies are
-// answered from a cache (see Dedup) rather than run twice.
+// their reply (for a stream, its final event) has been published and
+// acknowledged by the broker, so a worker that dies mid-request does not
+// acknowledge it. Redelivered copies are answered from a cache (see Dedup)
+// rather than run twice.
+//
+// Order: a device's requests for one model run one after the other, in the
+// order they arrived (a lane, as in Pool), so that stateful models (a
+// telemetry series, an audio stream) see them in order; different devices
+// and models run concurrently, up to Concurrency. With several workers in a
+// group the broker spreads a device's requests over them, and only each
+// worker's share is kept in order.
+//
+// Streams: a request that asks for a stream, on a model that streams, is
+// answered with stream events, published in seq order at QoS 1. A request
+// {"id": "x", "cancel": true} cancels the device's request x if it runs or
+// waits on this worker (see cancelRequest for the limits within a group).
+//
+// Throttle: with RemoteOptions.Throttle the worker charges each request its
+// model's cost (times the inputs of a v2 batch) and settles metered outputs
+// to what they used.
 type Remote struct {
 	core   *Core
 	opts   RemoteOptions
@@ -119,14 +136,18 @@ type Remote struct {
 	subscribedOnce sync.Once
 	fatal          chan error // buffered 1: the first unrecoverable error
 	started        atomic.Bool
-	waiting        atomic.Int64 // requests waiting for an inference slot
+	waiting        atomic.Int64 // requests queued in a lane or waiting for an inference slot
 	unacked        atomic.Int64 // QoS > 0 requests received and not yet acknowledged
 
 	// workCtx is the context of the models; it outlives Run's context
 	// until the drain timeout so that requests in flight finish.
 	workCtx context.Context
 
-	tasks tasks // message handlers and connect handlers running
+	tasks tasks // requests not yet answered, and connect handlers running
+
+	lmu     sync.Mutex             // guards lanes and running
+	lanes   map[string]*remoteLane // by device and model: requests behind the one running
+	running map[string]*delivery   // by device and request id: what a cancel cancels
 
 	mu       sync.Mutex // orders the stopping flag against Subscribe
 	stopping bool       // intake stopped: no (re)subscription
@@ -173,6 +194,8 @@ func NewRemote(core *Core, opts RemoteOptions) (*Remote, error) {
 		sem:        make(chan struct{}, max(opts.Concurrency, 1)),
 		subscribed: make(chan struct{}),
 		fatal:      make(chan error, 1),
+		lanes:      make(map[string]*remoteLane),
+		running:    make(map[string]*delivery),
 	}
 	r.dedup = NewDedup(opts.DedupTTL, opts.DedupSize, nil)
 	// Paho takes one will. It goes on the latest version's status topic
@@ -329,11 +352,14 @@ func (r *Remote) clientOptions() *mqtt.ClientOptions {
 		// redelivered to this worker; whether the broker re-sends them to
 		// another member is up to the broker.
 		SetCleanSession(true).
-		// Unordered: one goroutine per message, bounded by r.sem (and by the
-		// broker's in-flight window, since requests are acknowledged only
-		// after their reply). Ordered delivery with handlers that wait on
-		// publish tokens nearly deadlocks paho.
-		SetOrderMatters(false).
+		// Ordered: paho calls onMessage for one message after the other,
+		// in arrival order, which lanes and cancels need. Ordered delivery
+		// with a handler that waits on publish tokens nearly deadlocks
+		// paho; onMessage never blocks and never calls into paho, it only
+		// queues the request for a goroutine of its own (bounded by r.sem,
+		// and by the broker's in-flight window, since requests are
+		// acknowledged only after their reply).
+		SetOrderMatters(true).
 		SetAutoAckDisabled(true).
 		SetAutoReconnect(true).
 		SetConnectRetry(true).
@@ -468,15 +494,39 @@ func wait(tok mqtt.Token) error {
 	return tok.Error()
 }
 
-// delivery is one request message as it arrived.
+// delivery is one request message as it arrived, and what the intake made
+// of it.
 type delivery struct {
 	c        mqtt.Client
 	msg      mqtt.Message
 	topic    topics.Topic
 	received time.Time
 	ack      func() // acknowledges msg (once)
+
+	body      api.Request
+	generated bool       // body.ID was made up here: a copy cannot be told from a new request
+	reject    *api.Error // the answer, when the request cannot be run
+
+	// ctx is the request's context, canceled with errCanceledByDevice by
+	// a cancel request; a child of the Remote's workCtx.
+	ctx    context.Context
+	cancel context.CancelCauseFunc
+	// copies are copies of this request (same topic and id) that arrived
+	// before it was answered; they get its final reply. Guarded by lmu.
+	copies []*delivery
 }
 
+func (d *delivery) dedupKey() DedupKey {
+	return DedupKey{Version: d.topic.Version, Device: d.topic.Device, Model: d.topic.Model, ID: d.body.ID}
+}
+
+// onMessage is the intake of every request message. Paho calls it in the
+// order the messages arrive (OrderMatters(true)), on its one routing
+// goroutine, so it must not block nor call into paho (not even Ack): it
+// decodes the request, acts on a cancel at once, and queues everything
+// else in its lane, which a goroutine of its own runs (see enqueue).
+// Deciding here, in arrival order, is what keeps a device's requests in
+// order and lets a cancel overtake the request it cancels.
 func (r *Remote) onMessage(c mqtt.Client, msg mqtt.Message) {
 	if !r.tasks.enter() {
 		// Shutdown has drained and is disconnecting: the message stays
@@ -484,7 +534,6 @@ func (r *Remote) onMessage(c mqtt.Client, msg mqtt.Message) {
 		r.log.Warn("request arrived after shutdown; left unacknowledged", "topic", msg.Topic())
 		return
 	}
-	defer r.tasks.leave()
 	d := &delivery{c: c, msg: msg, received: time.Now()}
 	if msg.Qos() > 0 {
 		r.unacked.Add(1)
@@ -495,128 +544,165 @@ func (r *Remote) onMessage(c mqtt.Client, msg mqtt.Message) {
 	} else {
 		d.ack = func() {}
 	}
-	r.handle(d)
-}
-
-// handle answers one request message: exactly one reply is published (or
-// the message is dropped for want of a topic to answer on), and the message
-// is acknowledged once the reply is out.
-func (r *Remote) handle(d *delivery) {
-	t, err := topics.Parse(r.opts.Prefix, d.msg.Topic())
+	t, err := topics.Parse(r.opts.Prefix, msg.Topic())
 	d.topic = t
 	if t.Kind != topics.KindRequest || (err != nil && !errors.Is(err, topics.ErrUnsupportedVersion)) {
 		r.core.Metrics.Rejected("bad_topic")
-		r.log.Warn("message on a malformed request topic dropped: there is no topic to answer on", "topic", d.msg.Topic(), "error", err)
-		d.ack()
+		r.log.Warn("message on a malformed request topic dropped: there is no topic to answer on", "topic", msg.Topic(), "error", err)
+		go func() {
+			defer r.tasks.leave()
+			d.ack()
+		}()
 		return
 	}
-	payload := d.msg.Payload()
-	if err != nil {
-		e := api.Errorf(api.UnsupportedVersion, "API version %q is not supported", t.Version)
-		e.Versions = topics.Versions()
-		r.reject(d, api.PeekID(payload), e)
-		return
+	payload := msg.Payload()
+	switch {
+	case err != nil:
+		d.body.ID = api.PeekID(payload)
+		d.reject = api.Errorf(api.UnsupportedVersion, "API version %q is not supported", t.Version)
+		d.reject.Versions = topics.Versions()
+	case len(payload) > r.opts.MaxRequestSize:
+		d.body.ID = api.PeekID(payload)
+		d.reject = api.Errorf(api.PayloadTooLarge, "request is %d bytes, the limit is %d", len(payload), r.opts.MaxRequestSize)
+	default:
+		// MQTT 3.1.1 has no content type: bodies are JSON on every version.
+		d.body, d.reject = api.Decode(t.Version, payload, "")
+		switch {
+		case d.reject != nil:
+		case d.body.Cancel && d.body.ID == "":
+			d.reject = api.Errorf(api.InvalidRequest, "field \"id\": a cancel must name the request to cancel")
+		case d.body.Cancel:
+			r.cancelRequest(d)
+			return
+		case d.body.ID == "":
+			d.body.ID = api.NewID()
+			d.generated = true
+		}
 	}
-	if n := len(payload); n > r.opts.MaxRequestSize {
-		r.reject(d, api.PeekID(payload), api.Errorf(api.PayloadTooLarge, "request is %d bytes, the limit is %d", n, r.opts.MaxRequestSize))
-		return
-	}
-	body, e := api.DecodeRequest(payload)
-	if e != nil {
-		r.reject(d, body.ID, e)
-		return
-	}
-	if body.ID == "" {
-		// Without an id a copy cannot be told from a new request.
-		body.ID = api.NewID()
-		reply, _, release := r.answer(d, body)
-		r.send(d, reply)
-		release()
-		return
-	}
+	r.enqueue(d)
+}
 
-	k := DedupKey{Version: t.Version, Device: t.Device, Model: t.Model, ID: body.ID}
+// handle answers one request in its lane: exactly one reply (or one stream
+// of events) is published, and the message is acknowledged once the final
+// reply is out. It returns the final reply, for the copies that waited.
+func (r *Remote) handle(d *delivery) (reply []byte) {
+	defer r.unregister(d)
+	if d.reject != nil {
+		return r.reject(d, d.body.ID, d.reject)
+	}
+	if d.generated {
+		reply, _ = r.answer(d)
+		return reply
+	}
+	// Copies that arrive while the request waits or runs wait for it in
+	// its lane (enqueue), so Begin finds at most a finished copy here
+	// and does not wait.
+	k := d.dedupKey()
 	cached, dup, err := r.dedup.Begin(r.workCtx, k)
 	if dup {
 		switch {
 		case err != nil:
-			r.log.Warn("duplicate request left unanswered: the worker stopped before the first copy finished", "topic", d.msg.Topic(), "id", body.ID)
+			r.log.Warn("duplicate request left unanswered: the worker stopped before the first copy finished", "topic", d.msg.Topic(), "id", d.body.ID)
 		case cached == nil:
-			r.log.Warn("duplicate request left unanswered: the first copy has no reply", "topic", d.msg.Topic(), "id", body.ID)
+			r.log.Warn("duplicate request left unanswered: the first copy has no reply", "topic", d.msg.Topic(), "id", d.body.ID)
 		default:
 			r.core.Metrics.Duplicate()
-			r.log.Debug("duplicate request answered from the cache", "topic", d.msg.Topic(), "id", body.ID)
+			r.log.Debug("duplicate request answered from the cache", "topic", d.msg.Topic(), "id", d.body.ID)
 			r.send(d, cached)
 		}
-		return
+		return cached
 	}
-	reply, keep, release := r.answer(d, body)
+	reply, keep := r.answer(d)
 	r.dedup.Finish(k, reply, keep)
-	r.send(d, reply)
-	release()
+	return reply
 }
 
-// answer throttles and runs a decoded request and returns its encoded reply,
-// whether the reply is final (worth answering redelivered copies with), and
-// the function that gives back the device's in-flight slot once the reply
-// is out.
-func (r *Remote) answer(d *delivery, body api.Request) (reply []byte, keep bool, release func()) {
+// answer throttles and runs a decoded request and publishes its reply (or
+// its stream events). It returns the final reply (the result, or the final
+// stream event) and whether it is the request's final answer, worth
+// answering redelivered copies with.
+func (r *Remote) answer(d *delivery) (reply []byte, keep bool) {
 	t := d.topic
-	release = func() {}
-	var rl *api.RateLimit
-	var cost int
-	if _, ok := r.core.Models.Get(t.Model); !ok {
-		// Like the embedded broker, an unknown model costs no tokens: the
-		// Core answers 404 with the models that exist, without running any.
-		job := Job{Version: t.Version, Device: t.Device, Model: t.Model, Request: body, Received: d.received}
-		if l := r.opts.Throttle; l != nil {
+	job := Job{Version: t.Version, Device: t.Device, Model: t.Model, Request: d.body, Received: d.received}
+	l := r.opts.Throttle
+	if _, ok := r.core.Models.Get(t.Model); !ok || canceledByDevice(d.ctx) {
+		// Like the embedded broker, an unknown model costs no tokens, and
+		// neither does a request canceled before its turn: the Core
+		// answers 404, or 499, without running any model.
+		if l != nil {
 			job.RateLimit = broker.RateLimit(l.Peek(t.Device, t.Model))
 		}
-		res := r.core.Run(r.workCtx, job)
-		return r.encode(t, res), final(res.Status), release
+		reply, status, _ := r.run(d, job)
+		r.send(d, reply)
+		return reply, final(status)
 	}
-	if l := r.opts.Throttle; l != nil {
-		dec := l.Allow(t.Device, t.Model)
-		rl = broker.RateLimit(dec)
+	var cost int
+	if l != nil {
+		// A v2 batch costs the model's cost per input.
+		dec := l.AllowN(t.Device, t.Model, len(d.body.Inputs))
+		job.RateLimit = broker.RateLimit(dec)
 		if !dec.Allowed {
-			r.core.Metrics.Throttled(string(dec.Reason))
-			e := api.Errorf(api.RateLimited, "%s", dec.Describe(t.Device))
-			e.RetryAfterMS = max(dec.RetryAfterMillis(), 1)
-			res := api.ErrorResult(body.ID, t.Model, e)
-			res.RateLimit = rl
-			return r.encode(t, res), false, release
+			var e *api.Error
+			if dec.Reason == throttle.ReasonTooLarge {
+				// Never allowed, whenever retried: final.
+				e, keep = api.Errorf(api.PayloadTooLarge, "%s", dec.Describe(t.Device)), true
+			} else {
+				r.core.Metrics.Throttled(string(dec.Reason))
+				e = api.Errorf(api.RateLimited, "%s", dec.Describe(t.Device))
+				e.RetryAfterMS = max(dec.RetryAfterMillis(), 1)
+			}
+			res := api.ErrorResult(d.body.ID, t.Model, e)
+			res.RateLimit = job.RateLimit
+			reply = r.encode(t, res)
+			r.send(d, reply)
+			return reply, keep
 		}
 		cost = dec.Cost
-		release = func() { l.Done(t.Device) }
+		defer l.Done(t.Device) // once the reply is out
 	}
 
-	if !r.acquire() {
-		if l := r.opts.Throttle; l != nil {
+	release, ok := r.acquire(d.ctx)
+	if !ok {
+		if l != nil {
 			l.Refund(t.Device, cost)
 		}
-		res := api.ErrorResult(body.ID, t.Model, api.Errorf(api.Overloaded, "the worker is shutting down; retry on another"))
-		res.RateLimit = rl
-		return r.encode(t, res), false, release
+		res := api.ErrorResult(d.body.ID, t.Model, api.Errorf(api.Overloaded, "the worker is shutting down; retry on another"))
+		res.RateLimit = job.RateLimit
+		reply = r.encode(t, res)
+		r.send(d, reply)
+		return reply, false
 	}
 	r.core.Metrics.QueueWait(time.Since(d.received).Seconds())
 	r.core.Metrics.Busy(1)
-	res := r.core.Run(r.workCtx, Job{
-		Version:   t.Version,
-		Device:    t.Device,
-		Model:     t.Model,
-		Request:   body,
-		Received:  d.received,
-		RateLimit: rl,
-	})
+	reply, status, share := r.run(d, job)
 	r.core.Metrics.Busy(-1)
-	<-r.sem
-	return r.encode(t, res), final(res.Status), release
+	release()
+	// Settled before the final reply goes out, so that the device's next
+	// request sees the tokens given back.
+	if l != nil && share >= 0 {
+		broker.Settle(l, t.Device, cost, share)
+	}
+	r.send(d, reply)
+	return reply, final(status)
+}
+
+// run runs a job on the Core: as a stream when it asks for one and its
+// model streams (the deltas are published as they come), else as one
+// result. It returns the encoded final reply, which it does not publish,
+// its status, and the share of the up-front cost a metered output used (or
+// -1).
+func (r *Remote) run(d *delivery, job Job) (reply []byte, status int, share float64) {
+	if r.core.Streams(job) {
+		return r.stream(d, job)
+	}
+	res, share := r.core.Do(d.ctx, job)
+	return r.encode(d.topic, res), res.Status, share
 }
 
 // final reports whether a reply is the request's final answer. Transient
 // outcomes (a deadline missed while waiting, throttling, a failed or
-// overloaded worker) are not remembered: the device retries them with the
-// same id and must get a fresh attempt.
+// overloaded worker, a canceled request) are not remembered: the device
+// retries them with the same id and must get a fresh attempt.
 func final(status int) bool {
 	switch {
 	case status >= 500, status == api.DeadlineExceeded.Status(), status == api.RateLimited.Status(), status == api.Canceled.Status():
@@ -625,55 +711,81 @@ func final(status int) bool {
 	return true
 }
 
-// acquire takes an inference slot; false when the models were canceled at
-// shutdown while it waited.
-func (r *Remote) acquire() bool {
+// acquire takes an inference slot. It returns the function that gives the
+// slot back, or false when the models were canceled at shutdown while it
+// waited. A request its device cancels while it waits goes on without a
+// slot: the Core answers it 499 without running the model.
+func (r *Remote) acquire(ctx context.Context) (release func(), ok bool) {
 	r.waiting.Add(1)
 	defer r.waiting.Add(-1)
 	select {
 	case r.sem <- struct{}{}:
-		return true
-	case <-r.workCtx.Done():
-		return false
+		return func() { <-r.sem }, true
+	case <-ctx.Done():
+		if canceledByDevice(ctx) && r.workCtx.Err() == nil {
+			return func() {}, true
+		}
+		return nil, false
 	}
 }
 
-// reject answers a request that failed before it could be run.
-func (r *Remote) reject(d *delivery, id string, e *api.Error) {
+func canceledByDevice(ctx context.Context) bool {
+	return errors.Is(context.Cause(ctx), errCanceledByDevice)
+}
+
+// reject answers a request that failed before it could be run, and
+// returns the reply.
+func (r *Remote) reject(d *delivery, id string, e *api.Error) []byte {
 	res := api.ErrorResult(id, d.topic.Model, e)
 	if l := r.opts.Throttle; l != nil {
 		res.RateLimit = broker.RateLimit(l.Peek(d.topic.Device, d.topic.Model))
 	}
-	r.send(d, r.encode(d.topic, res))
+	reply := r.encode(d.topic, res)
+	r.send(d, reply)
+	return reply
 }
 
 // encode counts a reply and encodes it for the request's API version; nil
 // when it cannot be encoded (logged).
 func (r *Remote) encode(t topics.Topic, res api.Result) []byte {
-	r.core.Metrics.Request(t.Version, t.Model, res.Status)
-	b, err := api.Marshal(t.Version, res)
+	return r.encodeFinal(t, res.ID, res.Status, res)
+}
+
+// encodeFinal counts a final reply (a result, or a final stream event v)
+// and encodes it; nil when it cannot be encoded (logged).
+func (r *Remote) encodeFinal(t topics.Topic, id string, status int, v any) []byte {
+	r.core.Metrics.Request(t.Version, t.Model, status)
+	b, err := api.Marshal(t.Version, v)
 	if err != nil {
-		r.log.Error("encode reply", "topic", t.String(), "id", res.ID, "error", err)
+		r.log.Error("encode reply", "topic", t.String(), "id", id, "error", err)
 		return nil
 	}
 	return b
 }
 
-// send publishes a reply on the request's result topic at QoS 1 and, once
-// the broker has acknowledged it, acknowledges the request. A reply that
-// cannot be published is counted and logged, and the request is left
-// unacknowledged, for the broker to redeliver if its session allows.
+// send publishes a final reply and, once the broker has acknowledged it,
+// acknowledges the request. A reply that cannot be published is counted
+// and logged, and the request is left unacknowledged, for the broker to
+// redeliver if its session allows.
 func (r *Remote) send(d *delivery, reply []byte) {
 	if reply == nil {
 		return
 	}
+	if r.publish(d, reply) == nil {
+		d.ack()
+	}
+}
+
+// publish publishes a payload on the request's result topic at QoS 1 and
+// waits for the broker's acknowledgement. A failure is counted and logged.
+func (r *Remote) publish(d *delivery, payload []byte) error {
 	topic := d.topic.ResultTopic()
-	if err := wait(d.c.Publish(topic, 1, false, reply)); err != nil {
+	if err := wait(d.c.Publish(topic, 1, false, payload)); err != nil {
 		r.core.Metrics.Dropped()
 		r.log.Warn("publish reply", "topic", topic, "error", err)
-		return
+		return err
 	}
-	d.ack()
+	return nil
 }
 
 // copyingStore is paho's memory store, keeping a copy of each PUBLISH

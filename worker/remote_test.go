@@ -489,7 +489,7 @@ func TestRemoteDuplicateRunsOnce(t *testing.T) {
 	req, resTopic := topics.Request(prefix, "v1", dev, "sum"), topics.Result(prefix, "v1", dev, "sum")
 
 	// The first copy runs and blocks in the model; the second arrives
-	// meanwhile and waits for it.
+	// meanwhile and waits for it (in the lane of the device and model).
 	d.publish(t, req, rtRequest("same", 2, 3))
 	select {
 	case <-model.entered:
@@ -497,7 +497,7 @@ func TestRemoteDuplicateRunsOnce(t *testing.T) {
 		t.Fatal("model not called")
 	}
 	d.publish(t, req, rtRequest("same", 2, 3))
-	pollUntil(t, "the copy to wait for the first", func() bool { return r.dedup.Waiting() == 1 })
+	pollUntil(t, "the copy to wait for the first", func() bool { return r.waiting.Load() == 1 })
 	close(model.gate)
 	_, first := d.reply(t, resTopic)
 	_, second := d.reply(t, resTopic)
@@ -656,12 +656,14 @@ func TestRemoteShutdownStopsIntake(t *testing.T) {
 	opts.Log = slog.New(logs)
 	r, stop := rtRun(t, core, opts)
 
-	const dev = "dev-1"
+	// One request from each of inFlight devices: a device's requests for
+	// a model run one after the other, different devices' concurrently.
 	prefix := topics.DefaultPrefix
-	req, resTopic := topics.Request(prefix, "v1", dev, "sum"), topics.Result(prefix, "v1", dev, "sum")
-	d := rtConnect(t, url, dev, topics.ResultFilter(prefix, "", dev, ""))
-	for i := range inFlight {
-		d.publish(t, req, rtRequest(fmt.Sprint("r", i), i))
+	obs := rtConnect(t, url, "observer", topics.ResultFilter(prefix, "", "", ""))
+	devs := make([]*rtClient, inFlight)
+	for i := range devs {
+		devs[i] = rtConnect(t, url, fmt.Sprint("dev-", i))
+		devs[i].publish(t, topics.Request(prefix, "v1", fmt.Sprint("dev-", i), "sum"), rtRequest(fmt.Sprint("r", i), i))
 	}
 	pollUntil(t, "every request to reach the worker", func() bool {
 		return len(model.entered) == opts.Concurrency && r.waiting.Load() == inFlight-int64(opts.Concurrency)
@@ -671,17 +673,18 @@ func TestRemoteShutdownStopsIntake(t *testing.T) {
 	go func() { stopped <- stop() }()
 	logs.waitFor(t, "shutting down")
 	// Intake has stopped: the broker has no worker left for a new request.
-	d.publish(t, req, rtRequest("late", 1))
-	res, raw := d.reply(t, resTopic)
+	devs[0].publish(t, topics.Request(prefix, "v1", "dev-0", "sum"), rtRequest("late", 1))
+	res, raw := obs.reply(t, topics.Result(prefix, "v1", "dev-0", "sum"))
 	if res.ID != "late" || res.Status != 503 || res.Error == nil || res.Error.Type != api.ModelUnavailable {
 		t.Fatalf("request after shutdown began: reply %s, want 503 model_unavailable from the broker", raw)
 	}
 	close(model.gate)
 	got := map[string]bool{}
 	for range inFlight {
-		res, raw := d.reply(t, resTopic)
-		if res.Status != 200 {
-			t.Fatalf("in-flight request: reply %s, want 200", raw)
+		m := obs.next(t)
+		var res api.Result
+		if err := json.Unmarshal(m.Payload(), &res); err != nil || res.Status != 200 || m.Topic() != topics.Result(prefix, "v1", "dev-"+strings.TrimPrefix(res.ID, "r"), "sum") {
+			t.Fatalf("in-flight request: reply %s on %s, want 200 on its device's topic", m.Payload(), m.Topic())
 		}
 		got[res.ID] = true
 	}
