@@ -118,22 +118,22 @@ func (m *Models) loadChat(cfg config.Chat, log *slog.Logger) error {
 	return m.Registry.Register(c)
 }
 
-var (
-	runtimeOnce sync.Once
-	runtimeErr  error
-)
+var runtimeMu sync.Mutex
 
-// initRuntime loads ONNX Runtime from dir once per process.
+// initRuntime loads ONNX Runtime from dir. The runtime loads once per
+// process (onnx.Init); a directory without the library is not remembered,
+// so a later node with another models directory can still load it.
 func initRuntime(dir string) error {
-	runtimeOnce.Do(func() {
-		lib, err := onnx.Library(dir)
-		if err != nil {
-			runtimeErr = err
-			return
+	runtimeMu.Lock()
+	defer runtimeMu.Unlock()
+	lib, err := onnx.Library(dir)
+	if err != nil {
+		if onnx.Available() == nil {
+			return nil // loaded already, from another directory; the models' own files are checked by their loaders
 		}
-		runtimeErr = onnx.Init(lib)
-	})
-	return runtimeErr
+		return err
+	}
+	return onnx.Init(lib)
 }
 
 // loadONNX loads an ONNX model, or returns a stand-in that the catalog
