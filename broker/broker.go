@@ -198,7 +198,7 @@ func (b *Broker) Publish(topic string, payload []byte, retain bool, qos byte) er
 // request: on its MQTT 5 response topic with the correlation data echoed and
 // the status as a user property, or on the device's result topic.
 func (b *Broker) Reply(r *Request, payload []byte, status int) error {
-	return b.publish(r.replyTopic(), payload, r.QoS, r.CorrelationData, r.ResponseTopic != "" || r.ContentType != "", r.ContentType, status)
+	return b.publish(r.replyTopic(), payload, r.QoS, r.CorrelationData, r.ResponseTopic != "" || r.ContentType != "", r.replyContentType(), status)
 }
 
 // publish sends a reply; with v5 it carries MQTT 5 properties: the
@@ -292,8 +292,16 @@ func (r *Request) Encode(v any) ([]byte, error) {
 	return encodeReply(r.Topic.Version, r.ContentType, v)
 }
 
+// replyContentType is the content type of the replies to r.
+func (r *Request) replyContentType() string {
+	if r.ContentType == api.ContentTypeCBOR && r.Topic.Version != "v1" {
+		return api.ContentTypeCBOR
+	}
+	return "application/json"
+}
+
 func encodeReply(version, contentType string, v any) ([]byte, error) {
-	if contentType == api.ContentTypeCBOR {
+	if contentType == api.ContentTypeCBOR && version != "v1" { // v1 is JSON, always
 		return api.MarshalCBOR(v)
 	}
 	return api.Marshal(version, v)

@@ -231,7 +231,11 @@ func (h *requestHook) reject(in *inbound, e *api.Error) (packets.Packet, error) 
 		if rt != "" {
 			topic = rt
 		}
-		if err := h.b.publish(topic, payload, in.pk.FixedHeader.Qos, in.pk.Properties.CorrelationData, rt != "", in.contentType(), res.Status); err != nil {
+		ct := "application/json"
+		if in.contentType() == api.ContentTypeCBOR && in.topic.Version != "v1" {
+			ct = api.ContentTypeCBOR
+		}
+		if err := h.b.publish(topic, payload, in.pk.FixedHeader.Qos, in.pk.Properties.CorrelationData, rt != "", ct, res.Status); err != nil {
 			h.b.log.Warn("publish reply", "device", in.sender, "error", err)
 		}
 	}

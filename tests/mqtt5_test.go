@@ -144,6 +144,16 @@ func TestMQTT5RequestResponse(t *testing.T) {
 		t.Fatalf("CBOR batch reply %+v: %v", br, err)
 	}
 
+	// Malformed CBOR, and CBOR on v1, are clear 400s (and cost nothing).
+	req("v2", []byte{0xa1, 0x62, 0x69}, "corr-bad", func(p *paho.PublishProperties) { p.ContentType = api.ContentTypeCBOR })
+	if m := c.next(t); userProp(m, "status") != "400" || string(m.Properties.CorrelationData) != "corr-bad" {
+		t.Errorf("malformed CBOR: status %q", userProp(m, "status"))
+	}
+	req("v1", body, "corr-v1", func(p *paho.PublishProperties) { p.ContentType = api.ContentTypeCBOR })
+	if m := c.next(t); userProp(m, "status") != "400" || !json.Valid(m.Payload) {
+		t.Errorf("CBOR on v1: status %q, a JSON reply: %q", userProp(m, "status"), m.Payload)
+	}
+
 	// The bucket (burst 4) is down to 1 token after 1 + 2: one more passes,
 	// the next is throttled: PUBACK 0x97 and a 429 in-band.
 	req("v1", mustJSON(t, sample("r6", 20)), "corr-3", nil)
