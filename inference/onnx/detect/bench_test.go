@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -61,14 +62,16 @@ func BenchmarkPreprocess(b *testing.B) {
 }
 
 // BenchmarkThroughput saturates the model with 8 callers per CPU, batching
-// off (MaxBatch 1) and on (MaxBatch 8), for several worker and thread
-// settings; each "on" result reports its speed-up over the "off" one just
-// before it. The photos rotate through the five darknet samples.
+// off (MaxBatch 1) and on (MaxBatch 4 and 8), for several worker and
+// thread settings; each "on" result reports its speed-up over the "off"
+// one of the same setting, measured just before. The photos rotate
+// through the five darknet samples. DETECT_BENCH_SETTINGS picks the
+// settings as workers x threads, e.g. "2x1,1x2".
 func BenchmarkThroughput(b *testing.B) {
 	reqs := benchInputs(b)
 	type setting struct{ workers, threads int }
 	settings := []setting{{1, 1}, {2, 1}, {1, 2}}
-	if s := os.Getenv("DETECT_BENCH_SETTINGS"); s != "" { // e.g. "2x1,1x2": workers x threads
+	if s := os.Getenv("DETECT_BENCH_SETTINGS"); s != "" {
 		settings = nil
 		for _, f := range strings.Split(s, ",") {
 			w, t, _ := strings.Cut(f, "x")
@@ -79,13 +82,13 @@ func BenchmarkThroughput(b *testing.B) {
 	}
 	for _, s := range settings {
 		var off float64
-		for _, mb := range []int{1, 8} {
+		for _, mb := range []int{1, 4, 8} {
 			name := fmt.Sprintf("workers%d/threads%d/maxbatch%d", s.workers, s.threads, mb)
 			b.Run(name, func(b *testing.B) {
 				m := newModel(b, Config{MaxBatch: mb, Workers: s.workers, Threads: s.threads})
 				var next atomic.Int64
 				b.SetParallelism(8)
-				start := time.Now()
+				start, cpu0 := time.Now(), cpuTime()
 				b.ResetTimer()
 				b.RunParallel(func(pb *testing.PB) {
 					for pb.Next() {
@@ -99,6 +102,7 @@ func BenchmarkThroughput(b *testing.B) {
 				b.StopTimer()
 				rate := float64(b.N) / time.Since(start).Seconds()
 				b.ReportMetric(rate, "img/s")
+				b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/1000/float64(b.N), "cpu-ms/img")
 				st := m.BatchStats()
 				b.ReportMetric(float64(st.Items)/float64(max(st.Batches, 1)), "img/run")
 				if mb == 1 {
@@ -111,17 +115,59 @@ func BenchmarkThroughput(b *testing.B) {
 	}
 }
 
-// BenchmarkMemory loads the model (warmed up at batch sizes 1 and 8) and
-// reports what one loaded model costs: resident memory and Go heap.
+// BenchmarkRun is the network alone, one goroutine, on batches of 1 to 8
+// images: wall and CPU milliseconds per image show what batching itself
+// saves (or costs) on this machine.
+func BenchmarkRun(b *testing.B) {
+	for _, threads := range []int{1, 2} {
+		m := newModel(b, Config{MaxBatch: 8, Threads: threads})
+		for _, n := range []int{1, 2, 4, 8} {
+			ins := make([][]float32, n)
+			for i := range ins {
+				ins[i] = make([]float32, tensorLen)
+				for k := range ins[i] {
+					ins[i][k] = float32(k%17-8) / 4
+				}
+			}
+			b.Run(fmt.Sprintf("threads%d/batch%d", threads, n), func(b *testing.B) {
+				cpu0 := cpuTime()
+				for b.Loop() {
+					if _, err := m.run(context.Background(), ins); err != nil {
+						b.Fatal(err)
+					}
+				}
+				b.ReportMetric(float64(b.Elapsed().Microseconds())/1000/float64(b.N*n), "ms/img")
+				b.ReportMetric(float64((cpuTime()-cpu0).Microseconds())/1000/float64(b.N*n), "cpu-ms/img")
+			})
+		}
+	}
+}
+
+// cpuTime is the CPU time (user and system) this process has used.
+func cpuTime() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
+// BenchmarkMemory loads the model (warmed up at batch sizes 1 and
+// MaxBatch) and reports what one loaded model costs: resident memory and
+// Go heap. ONNX Runtime keeps buffers sized for the largest batch it ran.
 func BenchmarkMemory(b *testing.B) {
-	for b.Loop() {
-		runtime.GC()
-		rss0, heap0 := rss(b), heapAlloc()
-		m := newModel(b, Config{})
-		runtime.GC()
-		b.ReportMetric(float64(rss(b)-rss0)/(1<<20), "rss-MB/model")
-		b.ReportMetric(float64(heapAlloc()-heap0)/(1<<20), "heap-MB/model")
-		m.Close()
+	for _, mb := range []int{1, 8} {
+		b.Run(fmt.Sprint("maxbatch", mb), func(b *testing.B) {
+			for b.Loop() {
+				runtime.GC()
+				rss0, heap0 := rss(b), heapAlloc()
+				m := newModel(b, Config{MaxBatch: mb})
+				runtime.GC()
+				b.ReportMetric(float64(rss(b)-rss0)/(1<<20), "rss-MB/model")
+				b.ReportMetric(float64(heapAlloc()-heap0)/(1<<20), "heap-MB/model")
+				m.Close()
+			}
+		})
 	}
 }
 

@@ -15,6 +15,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"time"
 
@@ -32,7 +33,6 @@ const (
 	DefaultMaxPixels = 4_000_000
 	DefaultMaxBatch  = 8
 	DefaultMaxDelay  = 2 * time.Millisecond
-	DefaultWorkers   = 1
 )
 
 // Config sets where the model is, its limits and its batching. The zero
@@ -54,7 +54,7 @@ type Config struct {
 	// batch then still fills while every worker is busy).
 	MaxDelay time.Duration
 	// Workers is the most network runs at once (each with Threads
-	// threads). 0 or less means DefaultWorkers (1).
+	// threads). 0 or less means runtime.GOMAXPROCS(0), one per CPU.
 	Workers int
 }
 
@@ -73,7 +73,7 @@ func (c *Config) defaults() {
 		c.MaxDelay = 0
 	}
 	if c.Workers <= 0 {
-		c.Workers = DefaultWorkers
+		c.Workers = runtime.GOMAXPROCS(0)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -292,7 +293,7 @@ func TestInfo(t *testing.T) {
 	if !strings.Contains(string(info.Input), "300000") && !strings.Contains(string(info.Input), "4000000") {
 		t.Errorf("input schema does not state the pixel limit: %s", info.Input)
 	}
-	if c := m.Config(); c.MaxBatch != DefaultMaxBatch || c.MaxDelay != DefaultMaxDelay || c.Workers != DefaultWorkers || c.Threads != 1 || c.MaxPixels != DefaultMaxPixels {
+	if c := m.Config(); c.MaxBatch != DefaultMaxBatch || c.MaxDelay != DefaultMaxDelay || c.Workers != runtime.GOMAXPROCS(0) || c.Threads != 1 || c.MaxPixels != DefaultMaxPixels {
 		t.Errorf("defaults %+v", c)
 	}
 }

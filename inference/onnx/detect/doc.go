@@ -68,8 +68,18 @@
 // Infer decodes and letterboxes in the calling goroutine, then hands the
 // tensor to an inference/batch.Batcher: requests arriving within
 // Config.MaxDelay (2 ms) of each other, up to Config.MaxBatch (8), run as
-// one [N, 3, 416, 416] tensor; Config.Workers (1) such runs go at once,
-// each on Config.Threads (1) intra-op threads. While the workers are busy a
-// waiting batch keeps filling, so batches are full under load. MaxBatch 1
-// turns batching off.
+// one [N, 3, 416, 416] tensor; Config.Workers (one per CPU) such runs go
+// at once, each on Config.Threads (1) intra-op threads. While the workers
+// are busy a waiting batch keeps filling, so batches are full under load.
+// MaxBatch 1 turns batching off.
+//
+// Batching does not pay on a small CPU: with one intra-op thread the
+// network costs the same CPU time per image (about 32 ms on a 2-core AMD
+// EPYC) at batch sizes 1 to 8, and the copies into the batch tensor add to
+// it, so throughput with MaxBatch 8 was 0.7-0.9 times that with MaxBatch 1
+// there (BenchmarkThroughput, BenchmarkRun). Two intra-op threads waste
+// CPU at batch 1 (62 ms per image), which batch 8 recovers in part (48 ms),
+// still worse than one thread. On such machines use MaxBatch 1, Threads 1
+// and one worker per CPU; batching is for machines where a bigger batch
+// runs more efficiently (many cores per run, accelerators).
 package detect
