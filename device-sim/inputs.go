@@ -1,7 +1,10 @@
 package devicesim
 
 import (
+	"cmp"
+	"context"
 	"fmt"
+	"log/slog"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -19,18 +22,115 @@ type Generator func() any
 // index, so a run with the same seed sends the same inputs).
 type InputFunc func(device string, rng *rand.Rand) Generator
 
+// DefaultMaxInputSize is the default of InputOptions.MaxInputSize: the
+// largest "input" JSON an audio or image generator makes, 60 KiB, so that a
+// whole request stays under the service's default mqtt.max_request_size of
+// 64 KiB.
+const DefaultMaxInputSize = 60 << 10
+
+// InputOptions shape the inputs of the models that take audio or images
+// (vad, ocr, detect). A zero field takes its default; the anomaly model uses
+// none of them.
+type InputOptions struct {
+	// AudioChunk is the audio each vad request carries, the next stretch of
+	// the device's stream (default 500 ms, 8000 samples at 16 kHz). It is
+	// rounded down to whole samples and must be at least 32 ms (one Silero
+	// frame) and fit MaxInputSize (about 1.4 s at the default).
+	AudioChunk time.Duration
+	// Espeak is the espeak-ng binary that speaks the vad audio (default
+	// /usr/bin/espeak-ng, Debian package espeak-ng). When the default is
+	// missing or fails, vad sends a synthetic speech-like signal instead and
+	// the Report's Inputs says so; a path given here that fails is an error.
+	Espeak string
+	// PhotoDir is a directory whose *.jpg photos the detect cameras show
+	// (default /usr/share/darknet/data, Debian package darknet: dog, person,
+	// horses, eagle, giraffe, kite, scream). When the default has none,
+	// detect sends synthetic frames and the Report's Inputs says so; a
+	// directory given here without a readable JPEG is an error.
+	PhotoDir string
+	// Synthetic makes vad and detect use their synthetic stand-ins even when
+	// espeak-ng and the photos are there, and ocr the embedded Go fonts
+	// rather than DejaVu Sans: the same inputs on every machine.
+	Synthetic bool
+	// FrameSize is the longest side of a detect frame, in pixels (default
+	// 640; photos are never upscaled). Frames are shrunk further when they
+	// would not fit MaxInputSize.
+	FrameSize int
+	// OCRWidth is the width of the ocr images, in pixels, between 160 and
+	// 1920; the height is about a quarter of it (96 px at 320, 160 px at
+	// 640). 0 (the default) lets each device pick a width in [320, 640].
+	OCRWidth int
+	// MaxInputSize is the largest input, in bytes of JSON, that an audio or
+	// image generator makes (default DefaultMaxInputSize, 60 KiB). Images
+	// are re-encoded at a lower JPEG quality or size to fit. Raising it past
+	// about 63 KiB needs the service's --max-request-size raised as well, or
+	// requests are answered 413 payload_too_large.
+	MaxInputSize int
+	// Logger gets a Warn when a synthetic stand-in replaces the real data;
+	// nil = discard.
+	Logger *slog.Logger
+
+	// Defaults of Espeak and PhotoDir, and where the DejaVu fonts are,
+	// replaced by tests to exercise the fallbacks of a machine without
+	// espeak-ng, darknet or fonts-dejavu-core.
+	defaultEspeak, defaultPhotoDir, fontDir string
+}
+
+func (o *InputOptions) setDefaults() {
+	o.AudioChunk = cmp.Or(o.AudioChunk, defaultAudioChunk)
+	o.FrameSize = cmp.Or(o.FrameSize, defaultFrameSize)
+	o.MaxInputSize = cmp.Or(o.MaxInputSize, DefaultMaxInputSize)
+	o.defaultEspeak = cmp.Or(o.defaultEspeak, defaultEspeak)
+	o.defaultPhotoDir = cmp.Or(o.defaultPhotoDir, defaultPhotoDir)
+	o.fontDir = cmp.Or(o.fontDir, defaultFontDir)
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+func (o *InputOptions) validate() error {
+	switch {
+	case o.AudioChunk < minAudioChunk:
+		return fmt.Errorf("audio chunk must be at least %s (one 512-sample frame at 16 kHz), got %s", minAudioChunk, o.AudioChunk)
+	case o.FrameSize < 32 || o.FrameSize > 4096:
+		return fmt.Errorf("frame size must be between 32 and 4096 pixels, got %d", o.FrameSize)
+	case o.OCRWidth != 0 && (o.OCRWidth < 160 || o.OCRWidth > 1920):
+		return fmt.Errorf("ocr width must be between 160 and 1920 pixels (0 = per device between 320 and 640), got %d", o.OCRWidth)
+	case o.MaxInputSize < 4096:
+		return fmt.Errorf("max input size must be at least 4096 bytes, got %d", o.MaxInputSize)
+	}
+	return nil
+}
+
+// InputSource says what a model's inputs are made from.
+type InputSource struct {
+	// Description is one line for the report, such as "speech by
+	// espeak-ng (4 voices, 61.3 s), 500 ms chunks" or, for a fallback,
+	// what stands in and why.
+	Description string
+	// Fallback is true when a synthetic stand-in replaces real data that is
+	// missing (espeak-ng, the darknet photos); Description says why.
+	Fallback bool
+}
+
+// inputModel prepares, once per run, what the generators of one model's
+// devices share (synthesised speech, encoded frames, fonts) and returns the
+// per-device InputFunc.
+type inputModel func(ctx context.Context, o InputOptions) (InputFunc, InputSource, error)
+
 // inputs maps a model name to the input generator the simulator has for it.
 //
-// To add a model, write an InputFunc in its own file (inputs_<model>.go)
+// To add a model, write an inputModel in its own file (inputs_<model>.go)
 // that produces what the model's input schema asks for, from data the
-// simulator makes itself or reads from a file named in Options, and add it
-// here. Planned for the next milestone:
-//
-//	"vad":    16 kHz mono audio frames of 512 samples (speech and silence)
-//	"detect": camera frames (JPEG, base64) with objects in them
-//	"ocr":    meter / display images (PNG, base64) showing a reading
-var inputs = map[string]InputFunc{
-	"anomaly": anomalyInput,
+// simulator makes itself or reads from a path named in InputOptions, and add
+// it here.
+var inputs = map[string]inputModel{
+	"anomaly": func(context.Context, InputOptions) (InputFunc, InputSource, error) {
+		return anomalyInput, InputSource{Description: "synthetic sensor readings (temp, humidity, vibration) with spikes, stuck values and level shifts"}, nil
+	},
+	"vad":    vadInputs,    // 16 kHz speech and silence, one chunk of the device's stream per request
+	"ocr":    ocrInputs,    // meter and display images showing a changing reading
+	"detect": detectInputs, // camera frames (JPEG)
 }
 
 // InputModels lists the models the simulator can generate inputs for, sorted.
@@ -43,14 +143,38 @@ func InputModels() []string {
 	return names
 }
 
-// Input returns the input generator for model, or an error naming the models
-// the simulator can generate inputs for.
+// Input returns the input generator for model with the default
+// InputOptions, or an error naming the models the simulator can generate
+// inputs for. It prepares the model's shared data, as PrepareInput does.
 func Input(model string) (InputFunc, error) {
-	f, ok := inputs[model]
+	f, _, err := PrepareInput(context.Background(), model, InputOptions{})
+	return f, err
+}
+
+// PrepareInput prepares, once, what the input generators of model's devices
+// share (it runs espeak-ng, decodes and re-encodes photos: up to a second or
+// two) and returns the per-device InputFunc and where the inputs come from.
+// It fails on an unknown model (the error names those the simulator knows),
+// on invalid options, on a path given in opts that does not work, and when
+// ctx ends; missing default data (espeak-ng, the darknet photos) is not an
+// error but a fallback that the InputSource reports.
+func PrepareInput(ctx context.Context, model string, opts InputOptions) (InputFunc, InputSource, error) {
+	prepare, ok := inputs[model]
 	if !ok {
-		return nil, fmt.Errorf("the simulator cannot generate inputs for model %q; it can for: %s", model, strings.Join(InputModels(), ", "))
+		return nil, InputSource{}, fmt.Errorf("the simulator cannot generate inputs for model %q; it can for: %s", model, strings.Join(InputModels(), ", "))
 	}
-	return f, nil
+	opts.setDefaults()
+	if err := opts.validate(); err != nil {
+		return nil, InputSource{}, fmt.Errorf("inputs of %s: %w", model, err)
+	}
+	f, src, err := prepare(ctx, opts)
+	if err != nil {
+		return nil, InputSource{}, fmt.Errorf("inputs of %s: %w", model, err)
+	}
+	if src.Fallback {
+		opts.Logger.Warn("using synthetic inputs", "model", model, "inputs", src.Description)
+	}
+	return f, src, nil
 }
 
 // AnomalySample is one input of the "anomaly" model: a single reading of one

@@ -22,6 +22,11 @@ type Report struct {
 	Devices int     `json:"devices"`
 	Rate    float64 `json:"rate"` // target requests/s per device
 	Seed    int64   `json:"seed"` // the seed used (a random one when Options.Seed was 0)
+	// Inputs says what the inputs were made from (InputSource.Description).
+	Inputs string `json:"inputs,omitempty"`
+	// InputFallback is true when synthetic inputs stood in for missing
+	// data (espeak-ng, photos); Inputs says why.
+	InputFallback bool `json:"input_fallback,omitempty"`
 
 	// Connections.
 	Connected       int    `json:"connected"`
@@ -155,6 +160,13 @@ func (r Report) WriteTo(w io.Writer) (int64, error) {
 		return fmt.Sprintf("  (%.1f%%)", 100*float64(n)/float64(r.Sent))
 	}
 	fmt.Fprintf(&b, "device-sim: %d devices × %g req/s, model %s, API %s, QoS %d, seed %d\n", r.Devices, r.Rate, r.Model, r.Version, r.QoS, r.Seed)
+	if r.Inputs != "" {
+		label := "inputs      "
+		if r.InputFallback {
+			label = "inputs (!)  "
+		}
+		fmt.Fprintf(&b, "  %s %s\n", label, r.Inputs)
+	}
 	if r.Interrupted {
 		fmt.Fprintf(&b, "  INTERRUPTED: stopped early, no drain; lost includes requests still in flight\n")
 	}

@@ -93,8 +93,14 @@ type Options struct {
 	ConnectConcurrency int
 	// ConnectTimeout bounds each device's CONNECT (default 10 s).
 	ConnectTimeout time.Duration
-	// Logger gets connection problems at Warn level; nil = discard.
+	// Logger gets connection problems, and synthetic inputs standing in for
+	// missing data, at Warn level; nil = discard.
 	Logger *slog.Logger
+	// Inputs shape the audio and image inputs (vad chunk length, detect
+	// frame size, ocr image width, where speech and photos come from, the
+	// largest input); the zero value takes every default. Its Logger
+	// defaults to Logger.
+	Inputs InputOptions
 
 	// trace, when set (tests only), is called under the device's lock at
 	// every send and every reply received.
@@ -199,7 +205,10 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 	if err := opts.validate(); err != nil {
 		return Report{}, err
 	}
-	newInput, err := Input(opts.Model)
+	if opts.Inputs.Logger == nil {
+		opts.Inputs.Logger = opts.Logger
+	}
+	newInput, src, err := PrepareInput(ctx, opts.Model, opts.Inputs)
 	if err != nil {
 		return Report{}, fmt.Errorf("device-sim: %w", err)
 	}
@@ -207,6 +216,7 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 	rep := Report{
 		Model: opts.Model, Version: opts.Version, QoS: opts.QoS,
 		Devices: opts.Devices, Rate: opts.Rate, Seed: opts.Seed,
+		Inputs: src.Description, InputFallback: src.Fallback,
 	}
 
 	devs := make([]*device, opts.Devices)
