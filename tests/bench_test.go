@@ -4,14 +4,19 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/mqttinfer/mqttinfer/inference"
 	"github.com/mqttinfer/mqttinfer/topics"
 
 	devicesim "github.com/mqttinfer/mqttinfer/device-sim"
@@ -149,4 +154,55 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 			b.StartTimer()
 		}
 	})
+}
+
+// BenchmarkModelLatency measures each built-in model's warm latency for one
+// request, straight through the model (no transport), with realistic
+// inputs: p50 and p99 over b.N requests.
+func BenchmarkModelLatency(b *testing.B) {
+	cfg := testConfig(b)
+	withModels(&cfg)
+	svc := startService(b, cfg)
+	inputs := map[string]func(b *testing.B) []byte{
+		"anomaly": func(*testing.B) []byte { return []byte(`{"sensor":"temp","value":21.5}`) },
+		"vad": func(b *testing.B) []byte {
+			pcm := make([]byte, 16000*2) // 1 s of a 200 Hz tone
+			for i := 0; i < len(pcm); i += 2 {
+				v := int16(8000 * math.Sin(2*math.Pi*200*float64(i/2)/16000))
+				pcm[i], pcm[i+1] = byte(v), byte(v>>8)
+			}
+			return mustJSON(b, map[string]any{"pcm16": base64.StdEncoding.EncodeToString(pcm)})
+		},
+		"ocr": func(b *testing.B) []byte {
+			return mustJSON(b, map[string]any{"image": base64.StdEncoding.EncodeToString(
+				renderText(b, "/usr/share/fonts/truetype/dejavu/DejaVuSansMono.ttf", "004521.7 kWh", 480, 120))})
+		},
+		"detect": func(b *testing.B) []byte {
+			jpg, err := os.ReadFile("/usr/share/darknet/data/dog.jpg")
+			if err != nil {
+				b.Skip(err)
+			}
+			return mustJSON(b, map[string]any{"image": base64.StdEncoding.EncodeToString(jpg)})
+		},
+	}
+	for _, name := range []string{"anomaly", "vad", "ocr", "detect"} {
+		b.Run(name, func(b *testing.B) {
+			m, ok := svc.Models().Get(name)
+			if !ok || m.Info().Unavailable != "" {
+				b.Skipf("%s unavailable", name)
+			}
+			in := inputs[name](b)
+			var lat []time.Duration
+			for b.Loop() {
+				t0 := time.Now()
+				if _, err := m.Infer(context.Background(), inference.Request{Device: "bench", Input: in}); err != nil {
+					b.Fatal(err)
+				}
+				lat = append(lat, time.Since(t0))
+			}
+			slices.Sort(lat)
+			b.ReportMetric(float64(lat[len(lat)/2].Nanoseconds())/1e3, "p50-µs")
+			b.ReportMetric(float64(lat[len(lat)*99/100].Nanoseconds())/1e3, "p99-µs")
+		})
+	}
 }

@@ -167,7 +167,7 @@ func TestOCROverMQTT(t *testing.T) {
 
 // renderText draws text in black on a light grey w×h PNG with the TrueType
 // font at fontPath.
-func renderText(t *testing.T, fontPath, text string, w, h int) []byte {
+func renderText(t testing.TB, fontPath, text string, w, h int) []byte {
 	t.Helper()
 	raw, err := os.ReadFile(fontPath)
 	if err != nil {
