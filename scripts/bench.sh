@@ -39,6 +39,9 @@ sim() { # sim PORT DEVICES RATE -> JSON report on stdout
 
 summary() { jq -r '"\(.devices) devices: \(.round_trips_per_sec|floor) round trips/s, p50 \(.latency.p50_ms) ms, p99 \(.latency.p99_ms) ms, max \(.latency.max_ms) ms, sent \(.sent), ok \(.ok), throttled \(.throttled), errors \(.errors|tostring), lost \(.lost)"'; }
 
+echo "== warm latency per model (one request at a time, no transport)"
+go test -run '^$' -bench 'ModelLatency' -benchtime 100x ./tests/ | grep ^Benchmark
+
 echo "== front doors and streaming (go test -bench, sequential, one client)"
 go test -run '^$' -bench 'FrontDoors|TimeToFirstToken' -benchtime 500x ./tests/ | tee "$work/doors.txt" | grep ^Benchmark
 ns() { awk -v n="$1" '$1 ~ n {print $3}' "$work/doors.txt" | head -1; }
