@@ -47,11 +47,11 @@ type scene struct {
 func detectInputs(ctx context.Context, o InputOptions) (InputFunc, InputSource, error) {
 	var (
 		photos []namedImage
-		src    InputSource
+		why    string // why the frames are synthetic
 	)
 	switch {
 	case o.Synthetic:
-		src = InputSource{Description: "synthetic frames (sky, ground, and car-, person-, animal- and tree-like shapes that move between frames; no real COCO objects): synthetic inputs asked for", Fallback: true}
+		why = "synthetic inputs asked for"
 	case o.PhotoDir != "":
 		var err error
 		if photos, err = loadPhotos(ctx, o.PhotoDir); err != nil {
@@ -63,7 +63,7 @@ func detectInputs(ctx context.Context, o InputOptions) (InputFunc, InputSource, 
 			if ctx.Err() != nil {
 				return nil, InputSource{}, err
 			}
-			src = InputSource{Description: "synthetic frames (sky, ground, and car-, person-, animal- and tree-like shapes that move between frames; no real COCO objects) instead of photos: " + err.Error(), Fallback: true}
+			why = err.Error()
 		}
 	}
 	var render []func(v int, rng *rand.Rand) *image.RGBA
@@ -84,11 +84,16 @@ func detectInputs(ctx context.Context, o InputOptions) (InputFunc, InputSource, 
 	if err != nil {
 		return nil, InputSource{}, err
 	}
+	desc := "synthetic frames (sky, ground, and car-, person-, animal- and tree-like shapes that move between frames; no real COCO objects)"
 	if photos != nil {
-		src.Description = fmt.Sprintf("%d photos from %s (%s)", len(photos), photos[0].dir, strings.Join(names, ", "))
+		desc = fmt.Sprintf("%d photos from %s (%s)", len(photos), photos[0].dir, strings.Join(names, ", "))
 	}
-	src.Description += fmt.Sprintf("; %d frames each, up to %dx%d, JPEG quality %d-%d, %.1f-%.1f KiB of input",
-		frameVariants, stats.maxW, stats.maxH, stats.minQ, stats.maxQ, float64(stats.minSize)/1024, float64(stats.maxSize)/1024)
+	src := InputSource{Description: fmt.Sprintf("%s; %d frames each, up to %dx%d, JPEG quality %d-%d, %.1f-%.1f KiB of input",
+		desc, frameVariants, stats.maxW, stats.maxH, stats.minQ, stats.maxQ, float64(stats.minSize)/1024, float64(stats.maxSize)/1024)}
+	if why != "" {
+		src.Fallback = true
+		src.Description += "; in place of photos: " + why
+	}
 	return func(_ string, rng *rand.Rand) Generator {
 		c := newCamera(scenes, rng)
 		return func() any { return ImageInput{Image: c.next()} }

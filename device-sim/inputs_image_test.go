@@ -212,7 +212,7 @@ func TestDetectInput(t *testing.T) {
 					t.Errorf("darknet's photos are there, but the source is %+v", src)
 				}
 			case variant == "missing":
-				if !src.Fallback || !strings.Contains(src.Description, "instead of photos: no photos") {
+				if !src.Fallback || !strings.Contains(src.Description, "in place of photos: no photos") {
 					t.Errorf("no photos, but the source is %+v", src)
 				}
 			case variant == "synthetic":
@@ -383,7 +383,7 @@ func BenchmarkOCRFrame(b *testing.B) {
 }
 
 func BenchmarkVADChunk(b *testing.B) {
-	clips, _, err := speech(b.Context(), InputOptions{Synthetic: true})
+	clips, _, _, err := speech(b.Context(), InputOptions{Synthetic: true})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -163,7 +163,7 @@ func TestPrepareInputOptionErrors(t *testing.T) {
 		o     InputOptions
 		want  string
 	}{
-		{"chat", InputOptions{}, `cannot generate inputs for model "chat"`},
+		{"nosuchmodel", InputOptions{}, `cannot generate inputs for model "nosuchmodel"`},
 		{"vad", InputOptions{AudioChunk: 10 * time.Millisecond}, "at least 32ms"},
 		{"vad", InputOptions{AudioChunk: 2 * time.Second}, "over the 61440-byte input limit"},
 		{"detect", InputOptions{FrameSize: 16}, "frame size must be between 32 and 4096"},

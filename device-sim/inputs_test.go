@@ -11,9 +11,9 @@ import (
 )
 
 func TestInputUnknownModel(t *testing.T) {
-	_, err := Input("chat")
-	if err == nil || !strings.Contains(err.Error(), `"chat"`) || !strings.Contains(err.Error(), "anomaly, detect, ocr, vad") {
-		t.Fatalf("Input(chat) err = %v", err)
+	_, err := Input("nosuchmodel")
+	if err == nil || !strings.Contains(err.Error(), `"nosuchmodel"`) || !strings.Contains(err.Error(), "anomaly, detect, ocr, vad") {
+		t.Fatalf("Input(nosuchmodel) err = %v", err)
 	}
 	if f, err := Input("anomaly"); err != nil || f == nil {
 		t.Fatalf("Input(anomaly) = %v, %v", f, err)

@@ -132,7 +132,7 @@ func vadInputs(ctx context.Context, o InputOptions) (InputFunc, InputSource, err
 	if size := base64.StdEncoding.EncodedLen(2*chunk) + chunkJSONOverhead; size > o.MaxInputSize {
 		return nil, InputSource{}, fmt.Errorf("an audio chunk of %s is %d bytes of JSON, over the %d-byte input limit: use a shorter chunk, or raise the input limit (and the service's --max-request-size)", o.AudioChunk, size, o.MaxInputSize)
 	}
-	clips, src, err := speech(ctx, o)
+	clips, desc, why, err := speech(ctx, o)
 	if err != nil {
 		return nil, InputSource{}, err
 	}
@@ -140,44 +140,43 @@ func vadInputs(ctx context.Context, o InputOptions) (InputFunc, InputSource, err
 	for _, c := range clips {
 		total += len(c.samples)
 	}
-	src.Description += fmt.Sprintf(" (%.1f s), 1-3 s of talk and 0.5-2 s of quiet over low noise, %s chunks (%d samples at 16 kHz)",
-		float64(total)/vadRate, time.Duration(chunk)*time.Second/vadRate, chunk)
+	src := InputSource{Description: fmt.Sprintf("%s (%.1f s), 1-3 s of talk and 0.5-2 s of quiet over low noise, %s chunks (%d samples at 16 kHz)",
+		desc, float64(total)/vadRate, time.Duration(chunk)*time.Second/vadRate, chunk)}
+	if why != "" {
+		src.Fallback = true
+		src.Description += "; in place of espeak-ng: " + why
+	}
 	return func(_ string, rng *rand.Rand) Generator {
 		s := newVADStream(clips, chunk, rng)
 		return func() any { return s.next() }
 	}, src, nil
 }
 
-// speech returns the clips the devices talk from and where they come from.
-func speech(ctx context.Context, o InputOptions) ([]*speechClip, InputSource, error) {
-	var why string
+// speech returns the clips the devices talk from, what they are, and why
+// they are synthetic when they are.
+func speech(ctx context.Context, o InputOptions) (clips []*speechClip, desc, why string, err error) {
 	switch {
 	case o.Synthetic:
 		why = "synthetic inputs asked for"
 	case o.Espeak != "":
-		clips, err := espeakClips(ctx, o.Espeak)
-		if err != nil {
-			return nil, InputSource{}, err
+		if clips, err = espeakClips(ctx, o.Espeak); err != nil {
+			return nil, "", "", err
 		}
-		return clips, InputSource{Description: espeakDescription()}, nil
+		return clips, espeakDescription(), "", nil
 	default:
-		clips, err := espeakClips(ctx, o.defaultEspeak)
-		if err == nil {
-			return clips, InputSource{Description: espeakDescription()}, nil
+		if clips, err = espeakClips(ctx, o.defaultEspeak); err == nil {
+			return clips, espeakDescription(), "", nil
 		}
 		if ctx.Err() != nil {
-			return nil, InputSource{}, err
+			return nil, "", "", err
 		}
 		why = err.Error()
 	}
-	clips := []*speechClip{
+	clips = []*speechClip{
 		newSpeechClip("synthetic low voice", synthSpeech(rand.New(rand.NewPCG(synthSpeechSeed, 1)), 115, 1.0, synthSpeechSeconds)),
 		newSpeechClip("synthetic high voice", synthSpeech(rand.New(rand.NewPCG(synthSpeechSeed, 2)), 205, 1.17, synthSpeechSeconds)),
 	}
-	return clips, InputSource{
-		Description: "synthetic speech-like signal (voiced harmonics through moving formants, syllable-rate envelope, fricative noise; 2 voices) instead of espeak-ng: " + why,
-		Fallback:    true,
-	}, nil
+	return clips, "synthetic speech-like signal (voiced harmonics through moving formants, syllable-rate envelope, fricative noise; 2 voices)", why, nil
 }
 
 func espeakDescription() string {

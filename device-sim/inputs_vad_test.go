@@ -136,7 +136,7 @@ func slicesEqual(a, b []float64) bool {
 // A chunk is the next stretch of the stream: the chunks of a long-chunk
 // device are the chunks of a short-chunk device laid end to end.
 func TestVADChunksAreConsecutive(t *testing.T) {
-	clips, _, err := speech(t.Context(), InputOptions{Synthetic: true})
+	clips, _, _, err := speech(t.Context(), InputOptions{Synthetic: true})
 	if err != nil {
 		t.Fatal(err)
 	}
