@@ -97,6 +97,7 @@ func (m *Models) add(model inference.Model, loadErr error, log *slog.Logger) err
 func (m *Models) loadChat(cfg config.Chat, log *slog.Logger) error {
 	if cfg.BaseURL == "" {
 		info := llm.Describe()
+		info.Cost = cfg.Cost
 		info.Unavailable = "not configured: set models.chat.base_url and models.chat.model (an OpenAI-compatible server such as Ollama or llama.cpp)"
 		return m.Registry.Register(unavailable{info})
 	}
@@ -111,6 +112,7 @@ func (m *Models) loadChat(cfg config.Chat, log *slog.Logger) error {
 	})
 	if err != nil {
 		info := llm.Describe()
+		info.Cost = cfg.Cost
 		info.Unavailable = unavailableReason(err)
 		return m.add(unavailable{info}, err, log)
 	}
