@@ -66,6 +66,8 @@ type MQTT struct {
 type HTTP struct {
 	// Addr is the HTTP listener (host:port); "" disables it.
 	Addr string `mapstructure:"addr" yaml:"addr"`
+	// Pprof serves Go's profiler under /debug/pprof/ on the HTTP listener.
+	Pprof bool `mapstructure:"pprof" yaml:"pprof"`
 }
 
 // Auth configures client authentication on the embedded broker.

@@ -61,6 +61,8 @@ var options = []option{
 
 	{key: "http.addr", flag: "http-addr", usage: "HTTP listen address for the gateway, /healthz, /readyz and /metrics (\"\" disables)",
 		doc: "HTTP listener: REST + SSE gateway, `/healthz`, `/readyz`, `/metrics`, `host:port`. Empty disables it."},
+	{key: "http.pprof", flag: "pprof", usage: "serve Go's profiler under /debug/pprof/",
+		doc: "Serve Go's profiler (`net/http/pprof`) under `/debug/pprof/` on the HTTP listener, to profile a running node (`go tool pprof http://127.0.0.1:8080/debug/pprof/profile`). Off by default: it exposes internals, so keep the listener private when it is on."},
 
 	{key: "auth.enabled", flag: "auth", usage: "require MQTT logins from the credentials file",
 		doc: "Require every MQTT client to log in with a username and password from `auth.credentials_file`; roles decide what it may publish and subscribe. Off is the open development mode: any client id connects and may watch results."},

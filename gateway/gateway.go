@@ -31,6 +31,7 @@ import (
 	"encoding/json"
 	"log/slog"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/mqttinfer/mqttinfer/inference"
@@ -79,6 +80,8 @@ type Options struct {
 	// the header: otherwise any client can pick its own address, and with it
 	// its own token bucket.
 	TrustProxy bool
+	// Pprof serves Go's profiler under /debug/pprof/.
+	Pprof bool
 	// Log receives failures to answer; nil discards them.
 	Log *slog.Logger
 }
@@ -92,6 +95,13 @@ type Options struct {
 // and the inference routes of the package comment.
 func New(opts Options) http.Handler {
 	mux := http.NewServeMux()
+	if opts.Pprof {
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))

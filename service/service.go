@@ -127,6 +127,7 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 				Throttle:    s.httpLim,
 				Metrics:     m,
 				MaxBodySize: cfg.MQTT.MaxRequestSize,
+				Pprof:       cfg.HTTP.Pprof,
 				Log:         log.With("component", "gateway"),
 			}),
 			ReadHeaderTimeout: 10 * time.Second,
