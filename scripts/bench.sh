@@ -22,6 +22,10 @@ trap cleanup EXIT
 freeport() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1]);s.close()'; }
 waitport() { for _ in $(seq 1 200); do (echo >/dev/tcp/127.0.0.1/"$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 never opened" >&2; return 1; }
 rss_kb() { awk '/VmRSS/ {print $2}' /proc/"$1"/status; }
+# cpu_ms PID...: user+system CPU time of the processes so far, in ms.
+cpu_ms() { local t=0; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' /proc/"$p"/stat))); done; echo $((t * 1000 / $(getconf CLK_TCK))); }
+# per_rt CPU_MS_BEFORE CPU_MS_AFTER REPORT.json: server CPU per answered request, in us.
+per_rt() { python3 -c "import json,sys; r=json.load(open('$3')); n=r['ok']+r['throttled']+sum(r['errors'].values()); print(round(($2-$1)*1000/max(n,1),1))"; }
 
 # serve PORT HTTPPORT [extra env...]: starts the service, echoes its pid.
 serve() {
@@ -58,8 +62,11 @@ p=$(freeport); h=$(freeport); pid=$(serve "$p" "$h"); pids+=("$pid"); waitport "
 # Offered load: 12,000 requests/s in all, near what this 2-core machine
 # sustains with the simulator on the same cores; past it the queue fills and
 # the excess is answered 503 overloaded (counted under errors).
-sim "$p" 10 1200 >"$work/e10.json";  echo -n "embedded   "; summary <"$work/e10.json"
-sim "$p" 100 120 >"$work/e100.json"; echo -n "embedded   "; summary <"$work/e100.json"
+c0=$(cpu_ms "$pid"); sim "$p" 10 1200 >"$work/e10.json"; c1=$(cpu_ms "$pid")
+echo -n "embedded   "; summary <"$work/e10.json"; e10cpu=$(per_rt "$c0" "$c1" "$work/e10.json")
+c0=$(cpu_ms "$pid"); sim "$p" 100 120 >"$work/e100.json"; c1=$(cpu_ms "$pid")
+echo -n "embedded   "; summary <"$work/e100.json"; e100cpu=$(per_rt "$c0" "$c1" "$work/e100.json")
+echo "embedded   service CPU per round trip: ${e10cpu} us (10 devices), ${e100cpu} us (100 devices); the simulator shares the 2 cores"
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
 if command -v /usr/sbin/mosquitto >/dev/null; then
@@ -70,8 +77,12 @@ if command -v /usr/sbin/mosquitto >/dev/null; then
 	/usr/sbin/mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 & mpid=$!; pids+=("$mpid"); waitport "$mp"
 	MQTTINFER_LOG_LEVEL=warn "$BIN" worker --broker "tcp://127.0.0.1:$mp" >"$work/worker.log" 2>&1 & wpid=$!; pids+=("$wpid")
 	"$BIN" models --broker "tcp://127.0.0.1:$mp" --timeout 10s >/dev/null # the worker is up once its catalog is there
-	sim "$mp" 10 1200 >"$work/m10.json";  echo -n "mosquitto  "; summary <"$work/m10.json"
-	sim "$mp" 100 120 >"$work/m100.json"; echo -n "mosquitto  "; summary <"$work/m100.json"
+	c0=$(cpu_ms "$mpid" "$wpid"); sim "$mp" 10 1200 >"$work/m10.json"; c1=$(cpu_ms "$mpid" "$wpid")
+	echo -n "mosquitto  "; summary <"$work/m10.json"; m10cpu=$(per_rt "$c0" "$c1" "$work/m10.json")
+	c0=$(cpu_ms "$mpid" "$wpid"); sim "$mp" 100 120 >"$work/m100.json"; c1=$(cpu_ms "$mpid" "$wpid")
+	echo -n "mosquitto  "; summary <"$work/m100.json"; m100cpu=$(per_rt "$c0" "$c1" "$work/m100.json")
+	echo "mosquitto  broker + worker CPU per round trip: ${m10cpu} us (10 devices), ${m100cpu} us (100 devices)"
+	echo "ratio CPU per round trip, mosquitto+remote worker / embedded: $(python3 -c "print(round($m10cpu/$e10cpu,2))")x (10 devices), $(python3 -c "print(round($m100cpu/$e100cpu,2))")x (100 devices)"
 	kill "$wpid" "$mpid"; wait "$wpid" "$mpid" 2>/dev/null || true
 	for n in 10 100; do
 		jq -rn --slurpfile e "$work/e$n.json" --slurpfile m "$work/m$n.json" \
