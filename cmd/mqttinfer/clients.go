@@ -58,6 +58,13 @@ func simCmd() *cobra.Command {
 	f.StringVar(&o.Password, "password", "", "password for every device")
 	f.Int64Var(&o.Seed, "seed", 0, "seed of inputs and schedule (0 = random)")
 	f.IntVar(&o.ConnectConcurrency, "connect-concurrency", devicesim.DefaultConnectConcurrency, "devices connecting at once")
+	f.DurationVar(&o.Inputs.AudioChunk, "chunk", 0, "vad: audio per request (default 500ms)")
+	f.IntVar(&o.Inputs.FrameSize, "frame-size", 0, "detect: long side of camera frames in pixels (default 640)")
+	f.IntVar(&o.Inputs.OCRWidth, "ocr-width", 0, "ocr: display image width in pixels (default: each device picks 320..640)")
+	f.IntVar(&o.Inputs.MaxInputSize, "max-input-size", 0, "largest request input in bytes (default 60 KiB; the service's limit is mqtt.max_request_size)")
+	f.BoolVar(&o.Inputs.Synthetic, "synthetic-inputs", false, "synthetic audio and images instead of espeak-ng speech and darknet photos")
+	f.StringVar(&o.Inputs.Espeak, "espeak", "", "espeak-ng binary for speech (default /usr/bin/espeak-ng)")
+	f.StringVar(&o.Inputs.PhotoDir, "photos", "", "directory of JPEG photos for camera frames (default /usr/share/darknet/data)")
 	f.BoolVar(&asJSON, "json", false, "print the report as JSON")
 	return cmd
 }
