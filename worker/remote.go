@@ -507,6 +507,11 @@ type delivery struct {
 	generated bool       // body.ID was made up here: a copy cannot be told from a new request
 	reject    *api.Error // the answer, when the request cannot be run
 
+	// Set by admit when the worker throttles.
+	rl       *api.RateLimit // for the reply
+	admitted bool           // charged cost tokens and an in-flight slot
+	cost     int
+
 	// ctx is the request's context, canceled with errCanceledByDevice by
 	// a cancel request; a child of the Remote's workCtx.
 	ctx    context.Context
@@ -585,11 +590,10 @@ func (r *Remote) onMessage(c mqtt.Client, msg mqtt.Message) {
 // handle answers one request in its lane: exactly one reply (or one stream
 // of events) is published, and the message is acknowledged once the final
 // reply is out. It returns the final reply, for the copies that waited.
+// A request refused at intake never gets here (see enqueue).
 func (r *Remote) handle(d *delivery) (reply []byte) {
 	defer r.unregister(d)
-	if d.reject != nil {
-		return r.reject(d, d.body.ID, d.reject)
-	}
+	defer r.done(d)
 	if d.generated {
 		reply, _ = r.answer(d)
 		return reply
@@ -600,6 +604,9 @@ func (r *Remote) handle(d *delivery) (reply []byte) {
 	k := d.dedupKey()
 	cached, dup, err := r.dedup.Begin(r.workCtx, k)
 	if dup {
+		// Charged at intake, before it was known to be a copy; refunded
+		// before the reply goes out, like a settlement.
+		r.refund(d)
 		switch {
 		case err != nil:
 			r.log.Warn("duplicate request left unanswered: the worker stopped before the first copy finished", "topic", d.msg.Topic(), "id", d.body.ID)
@@ -617,18 +624,20 @@ func (r *Remote) handle(d *delivery) (reply []byte) {
 	return reply
 }
 
-// answer throttles and runs a decoded request and publishes its reply (or
-// its stream events). It returns the final reply (the result, or the final
-// stream event) and whether it is the request's final answer, worth
-// answering redelivered copies with.
+// answer runs a decoded request, admitted by the throttle at intake, and
+// publishes its reply (or its stream events). It returns the final reply
+// (the result, or the final stream event) and whether it is the request's
+// final answer, worth answering redelivered copies with.
 func (r *Remote) answer(d *delivery) (reply []byte, keep bool) {
 	t := d.topic
-	job := Job{Version: t.Version, Device: t.Device, Model: t.Model, Request: d.body, Received: d.received}
+	job := Job{Version: t.Version, Device: t.Device, Model: t.Model, Request: d.body, Received: d.received, RateLimit: d.rl}
 	l := r.opts.Throttle
 	if _, ok := r.core.Models.Get(t.Model); !ok || canceledByDevice(d.ctx) {
-		// Like the embedded broker, an unknown model costs no tokens, and
-		// neither does a request canceled before its turn: the Core
-		// answers 404, or 499, without running any model.
+		// Like the embedded broker, an unknown model costs no tokens (it
+		// was not charged), and neither does a request canceled before
+		// its turn: the Core answers 404, or 499, without running any
+		// model.
+		r.refund(d)
 		if l != nil {
 			job.RateLimit = broker.RateLimit(l.Peek(t.Device, t.Model))
 		}
@@ -636,36 +645,9 @@ func (r *Remote) answer(d *delivery) (reply []byte, keep bool) {
 		r.send(d, reply)
 		return reply, final(status)
 	}
-	var cost int
-	if l != nil {
-		// A v2 batch costs the model's cost per input.
-		dec := l.AllowN(t.Device, t.Model, len(d.body.Inputs))
-		job.RateLimit = broker.RateLimit(dec)
-		if !dec.Allowed {
-			var e *api.Error
-			if dec.Reason == throttle.ReasonTooLarge {
-				// Never allowed, whenever retried: final.
-				e, keep = api.Errorf(api.PayloadTooLarge, "%s", dec.Describe(t.Device)), true
-			} else {
-				r.core.Metrics.Throttled(string(dec.Reason))
-				e = api.Errorf(api.RateLimited, "%s", dec.Describe(t.Device))
-				e.RetryAfterMS = max(dec.RetryAfterMillis(), 1)
-			}
-			res := api.ErrorResult(d.body.ID, t.Model, e)
-			res.RateLimit = job.RateLimit
-			reply = r.encode(t, res)
-			r.send(d, reply)
-			return reply, keep
-		}
-		cost = dec.Cost
-		defer l.Done(t.Device) // once the reply is out
-	}
-
 	release, ok := r.acquire(d.ctx)
 	if !ok {
-		if l != nil {
-			l.Refund(t.Device, cost)
-		}
+		r.refund(d)
 		res := api.ErrorResult(d.body.ID, t.Model, api.Errorf(api.Overloaded, "the worker is shutting down; retry on another"))
 		res.RateLimit = job.RateLimit
 		reply = r.encode(t, res)
@@ -679,11 +661,56 @@ func (r *Remote) answer(d *delivery) (reply []byte, keep bool) {
 	release()
 	// Settled before the final reply goes out, so that the device's next
 	// request sees the tokens given back.
-	if l != nil && share >= 0 {
-		broker.Settle(l, t.Device, cost, share)
+	if d.admitted && share >= 0 {
+		broker.Settle(l, t.Device, d.cost, share)
 	}
 	r.send(d, reply)
 	return reply, final(status)
+}
+
+// admit charges a request to its device's bucket at intake (when the
+// worker throttles), in arrival order, before it queues: a device over its
+// rate is refused at once rather than after the requests queued before,
+// and its in-flight limit bounds how many it has queued. A v2 batch costs
+// the model's cost per input; one costlier than the bucket can ever hold is
+// refused 413. Unknown models cost nothing (the Core answers 404).
+func (r *Remote) admit(d *delivery) {
+	l := r.opts.Throttle
+	if l == nil {
+		return
+	}
+	t := d.topic
+	if _, ok := r.core.Models.Get(t.Model); !ok {
+		return
+	}
+	dec := l.AllowN(t.Device, t.Model, len(d.body.Inputs))
+	d.rl = broker.RateLimit(dec)
+	switch {
+	case dec.Allowed:
+		d.admitted, d.cost = true, dec.Cost
+	case dec.Reason == throttle.ReasonTooLarge:
+		d.reject = api.Errorf(api.PayloadTooLarge, "%s", dec.Describe(t.Device))
+	default:
+		r.core.Metrics.Throttled(string(dec.Reason))
+		d.reject = api.Errorf(api.RateLimited, "%s", dec.Describe(t.Device))
+		d.reject.RetryAfterMS = max(dec.RetryAfterMillis(), 1)
+	}
+}
+
+// refund gives an admitted request's tokens back: it ran no model.
+func (r *Remote) refund(d *delivery) {
+	if d.admitted {
+		r.opts.Throttle.Refund(d.topic.Device, d.cost)
+		d.cost = 0
+	}
+}
+
+// done gives back an admitted request's in-flight slot, once its reply is out.
+func (r *Remote) done(d *delivery) {
+	if d.admitted {
+		r.opts.Throttle.Done(d.topic.Device)
+		d.admitted = false
+	}
 }
 
 // run runs a job on the Core: as a stream when it asks for one and its
@@ -737,7 +764,8 @@ func canceledByDevice(ctx context.Context) bool {
 // returns the reply.
 func (r *Remote) reject(d *delivery, id string, e *api.Error) []byte {
 	res := api.ErrorResult(id, d.topic.Model, e)
-	if l := r.opts.Throttle; l != nil {
+	res.RateLimit = d.rl
+	if l := r.opts.Throttle; l != nil && res.RateLimit == nil {
 		res.RateLimit = broker.RateLimit(l.Peek(d.topic.Device, d.topic.Model))
 	}
 	reply := r.encode(d.topic, res)

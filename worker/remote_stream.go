@@ -18,35 +18,54 @@ type remoteLane struct {
 	open map[DedupKey]*delivery
 }
 
-// enqueue puts a request in its lane (device and model) and registers it
-// for cancellation, or, when it is a copy of a request in the lane not yet
-// answered, makes it wait for that request's reply. The first request of an
-// idle lane starts the lane's goroutine; later ones queue behind it. Called
-// by the intake, in arrival order; it never blocks.
+// enqueue takes a decoded request at intake, in arrival order, without
+// blocking. A copy of a request in its lane not yet answered waits for
+// that request's reply. Otherwise the throttle charges it (admit); a
+// request refused there or earlier (malformed, too large) is answered at
+// once, outside the lane: it runs no model, so it need not wait its turn.
+// The rest is registered for cancellation and queued in its lane (device
+// and model); the first request of an idle lane starts the lane's
+// goroutine.
 func (r *Remote) enqueue(d *delivery) {
 	key := laneKey(d.topic.Device, d.topic.Model)
+	if d.reject == nil && !d.generated {
+		r.lmu.Lock()
+		if l := r.lanes[key]; l != nil {
+			if first := l.open[d.dedupKey()]; first != nil {
+				first.copies = append(first.copies, d)
+				r.waiting.Add(1)
+				r.lmu.Unlock()
+				return
+			}
+		}
+		r.lmu.Unlock()
+	}
+	if d.reject == nil {
+		r.admit(d)
+	}
+	if d.reject != nil {
+		go func() {
+			defer r.tasks.leave()
+			r.reject(d, d.body.ID, d.reject)
+		}()
+		return
+	}
+
+	d.ctx, d.cancel = context.WithCancelCause(r.workCtx)
 	r.waiting.Add(1)
 	r.lmu.Lock()
 	defer r.lmu.Unlock()
+	r.registerLocked(d)
 	l, busy := r.lanes[key]
 	if !busy {
 		l = &remoteLane{}
 		r.lanes[key] = l
 	}
-	if d.reject == nil && !d.generated {
-		k := d.dedupKey()
-		if first := l.open[k]; first != nil {
-			first.copies = append(first.copies, d)
-			return
-		}
+	if !d.generated {
 		if l.open == nil {
 			l.open = make(map[DedupKey]*delivery)
 		}
-		l.open[k] = d
-	}
-	d.ctx, d.cancel = context.WithCancelCause(r.workCtx)
-	if d.reject == nil {
-		r.registerLocked(d)
+		l.open[d.dedupKey()] = d
 	}
 	if busy {
 		l.next = append(l.next, d)
@@ -95,7 +114,7 @@ func (r *Remote) nextInLane(key string, d *delivery) (copies []*delivery, next *
 	if l == nil {
 		return nil, nil
 	}
-	if !d.generated && d.reject == nil {
+	if !d.generated {
 		if k := d.dedupKey(); l.open[k] == d {
 			delete(l.open, k)
 		}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -11,6 +12,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -100,8 +103,33 @@ func rtBroker(t *testing.T, models func() []string, lim *throttle.Limiter) *brok
 	if err := b.Serve(); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { b.Close() })
+	t.Cleanup(func() {
+		// mochi v2.7.9's Server.Close can deadlock with a client still
+		// disconnecting: Clients.GetByListener read-locks the client map
+		// and read-locks it again (Len), and a client's Delete waiting in
+		// between blocks both. The clients and workers of a test
+		// disconnect in earlier cleanups; the broker deletes each at the
+		// end of its connection's attachClient, which has no other outside
+		// sign than its goroutine (no test here runs in parallel).
+		pollUntil(t, "the clients to leave the broker", func() bool {
+			return !rtGoroutineIn("mochi-mqtt/server/v2.(*Server).attachClient(")
+		})
+		b.Close()
+	})
 	return b
+}
+
+// rtGoroutineIn reports whether a goroutine runs the function fn (a
+// fragment of its stack trace), as goleak finds them.
+func rtGoroutineIn(fn string) bool {
+	buf := make([]byte, 1<<20)
+	for {
+		n := runtime.Stack(buf, true)
+		if n < len(buf) {
+			return strings.Contains(string(buf[:n]), fn)
+		}
+		buf = make([]byte, 2*len(buf))
+	}
 }
 
 // rtMosquitto starts a private Mosquitto on a free port and returns its URL.
@@ -656,35 +684,34 @@ func TestRemoteShutdownStopsIntake(t *testing.T) {
 	opts.Log = slog.New(logs)
 	r, stop := rtRun(t, core, opts)
 
-	// One request from each of inFlight devices: a device's requests for
-	// a model run one after the other, different devices' concurrently.
+	const dev = "dev-1"
 	prefix := topics.DefaultPrefix
-	obs := rtConnect(t, url, "observer", topics.ResultFilter(prefix, "", "", ""))
-	devs := make([]*rtClient, inFlight)
-	for i := range devs {
-		devs[i] = rtConnect(t, url, fmt.Sprint("dev-", i))
-		devs[i].publish(t, topics.Request(prefix, "v1", fmt.Sprint("dev-", i), "sum"), rtRequest(fmt.Sprint("r", i), i))
+	req, resTopic := topics.Request(prefix, "v1", dev, "sum"), topics.Result(prefix, "v1", dev, "sum")
+	d := rtConnect(t, url, dev, topics.ResultFilter(prefix, "", dev, ""))
+	for i := range inFlight {
+		d.publish(t, req, rtRequest(fmt.Sprint("r", i), i))
 	}
+	// All are unacknowledged: one runs, the others wait in the device's
+	// lane (a device's requests for a model run one after the other).
 	pollUntil(t, "every request to reach the worker", func() bool {
-		return len(model.entered) == opts.Concurrency && r.waiting.Load() == inFlight-int64(opts.Concurrency)
+		return len(model.entered) == 1 && r.waiting.Load() == inFlight-1 && r.unacked.Load() == inFlight
 	})
 
 	stopped := make(chan error, 1)
 	go func() { stopped <- stop() }()
 	logs.waitFor(t, "shutting down")
 	// Intake has stopped: the broker has no worker left for a new request.
-	devs[0].publish(t, topics.Request(prefix, "v1", "dev-0", "sum"), rtRequest("late", 1))
-	res, raw := obs.reply(t, topics.Result(prefix, "v1", "dev-0", "sum"))
+	d.publish(t, req, rtRequest("late", 1))
+	res, raw := d.reply(t, resTopic)
 	if res.ID != "late" || res.Status != 503 || res.Error == nil || res.Error.Type != api.ModelUnavailable {
 		t.Fatalf("request after shutdown began: reply %s, want 503 model_unavailable from the broker", raw)
 	}
 	close(model.gate)
 	got := map[string]bool{}
-	for range inFlight {
-		m := obs.next(t)
-		var res api.Result
-		if err := json.Unmarshal(m.Payload(), &res); err != nil || res.Status != 200 || m.Topic() != topics.Result(prefix, "v1", "dev-"+strings.TrimPrefix(res.ID, "r"), "sum") {
-			t.Fatalf("in-flight request: reply %s on %s, want 200 on its device's topic", m.Payload(), m.Topic())
+	for i := range inFlight {
+		res, raw := d.reply(t, resTopic)
+		if res.Status != 200 || res.ID != fmt.Sprint("r", i) {
+			t.Fatalf("in-flight request: reply %s, want 200 to r%d", raw, i)
 		}
 		got[res.ID] = true
 	}
@@ -797,23 +824,28 @@ func TestRemoteReconnects(t *testing.T) {
 	// The broker publishes the will when it notices the broken connection;
 	// the worker announces itself again once reconnected. Which comes first
 	// is a race (mochi sends the will of a taken-over session from the old
-	// connection's goroutine), so only the set is checked.
+	// connection's goroutine), so only the set is checked. A status may
+	// come twice: paho v1.5.1's reconnect resumes its store (re-sending
+	// with DUP what is in it) even with a clean session, concurrently with
+	// the connect handler, whose announcements it may catch there; QoS 1 is
+	// at least once.
 	logs.waitFor(t, "taking requests")
-	seen := map[string]int{}
-	for range 1 + len(topics.Versions()) {
+	want := map[string]bool{topics.Status(prefix, topics.Latest(), "node-a") + " offline": true}
+	for _, v := range topics.Versions() {
+		want[topics.Status(prefix, v, "node-a")+" online"] = true
+	}
+	seen := map[string]bool{}
+	for len(seen) < len(want) {
 		m := obs.next(t)
 		var st Status
 		if err := json.Unmarshal(m.Payload(), &st); err != nil {
 			t.Fatalf("status %s: %v", m.Payload(), err)
 		}
-		seen[m.Topic()+" "+st.State]++
-	}
-	want := map[string]int{topics.Status(prefix, topics.Latest(), "node-a") + " offline": 1}
-	for _, v := range topics.Versions() {
-		want[topics.Status(prefix, v, "node-a")+" online"]++
-	}
-	if fmt.Sprint(seen) != fmt.Sprint(want) {
-		t.Fatalf("status messages after the connection broke: %v, want the will on the latest version and online on every version: %v", seen, want)
+		k := m.Topic() + " " + st.State
+		if !want[k] {
+			t.Fatalf("status message after the connection broke: %s, want only the will on the latest version and online on every version: %v", k, want)
+		}
+		seen[k] = true
 	}
 	d.publish(t, req, rtRequest("after", 1, 2))
 	if res, raw := d.reply(t, resTopic); res.Status != 200 || res.ID != "after" {
@@ -847,5 +879,393 @@ func TestNewRemoteRejectsBadOptions(t *testing.T) {
 	}
 	if _, err := NewRemote(nil, good); err == nil {
 		t.Fatal("nil core accepted")
+	}
+}
+
+// rtWordsModel streams the words of {"text": "..."} one by one (the
+// pattern of streamTestModel); with "wait" it stops after the first word
+// until released or canceled. When its context ends (in that wait, or while
+// an emit waits for the broker) it reports the cause on stopped. Its output
+// is metered: a tenth of the cost per word.
+type rtWordsModel struct {
+	calls   atomic.Int64
+	release chan struct{}
+	stopped chan error
+}
+
+type rtWordsOut struct {
+	Words int `json:"words"`
+}
+
+func (o rtWordsOut) Consumed() (any, float64) {
+	return map[string]int{"words": o.Words}, float64(o.Words) / 10
+}
+
+func (m *rtWordsModel) Info() inference.Info {
+	return inference.Info{Name: "words", Version: "1", Cost: 10, Streaming: true}
+}
+
+func (m *rtWordsModel) Infer(ctx context.Context, req inference.Request) (any, error) {
+	return m.InferStream(ctx, req, func(any) error { return nil })
+}
+
+func (m *rtWordsModel) InferStream(ctx context.Context, req inference.Request, emit func(any) error) (any, error) {
+	m.calls.Add(1)
+	var in struct {
+		Text string `json:"text"`
+		Wait bool   `json:"wait"`
+	}
+	if err := json.Unmarshal(req.Input, &in); err != nil || in.Text == "" {
+		return nil, inference.InvalidInput("input.text: want a non-empty string")
+	}
+	defer func() {
+		if ctx.Err() != nil {
+			select {
+			case m.stopped <- context.Cause(ctx):
+			default:
+			}
+		}
+	}()
+	words := strings.Fields(in.Text)
+	for i, w := range words {
+		if err := emit(map[string]string{"word": w}); err != nil {
+			return nil, err
+		}
+		if i == 0 && in.Wait {
+			select {
+			case <-m.release:
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+	}
+	return rtWordsOut{Words: len(words)}, nil
+}
+
+func rtWordsRequest(id, text string, wait, stream bool) []byte {
+	b, _ := json.Marshal(map[string]any{"id": id, "input": map[string]any{"text": text, "wait": wait}, "stream": stream})
+	return b
+}
+
+// event waits for the next message and decodes it as a stream event on topic.
+func (cl *rtClient) event(t *testing.T, topic string) (api.StreamEvent, []byte) {
+	t.Helper()
+	m := cl.next(t)
+	if m.Topic() != topic {
+		t.Fatalf("event on %s, want %s (%s)", m.Topic(), topic, m.Payload())
+	}
+	var ev api.StreamEvent
+	if err := json.Unmarshal(m.Payload(), &ev); err != nil || ev.Event == "" {
+		t.Fatalf("event %s: not a stream event (%v)", m.Payload(), err)
+	}
+	return ev, m.Payload()
+}
+
+func TestRemoteStreamsAndCancels(t *testing.T) {
+	rtNoLeaks(t)
+	model := &rtWordsModel{release: make(chan struct{}), stopped: make(chan error, 1)}
+	core := rtCore(t, model, nil)
+	core.DefaultDeadline = time.Minute // the requests wait on the test, not on a clock
+	b := rtBroker(t, core.Models.Names, nil)
+	url := "tcp://" + b.Addr()
+	rtRun(t, core, rtOptions(url, "node-a"))
+
+	const dev = "dev-1"
+	prefix := topics.DefaultPrefix
+	d := rtConnect(t, url, dev, topics.ResultFilter(prefix, "", dev, ""))
+	req, resTopic := topics.Request(prefix, "v1", dev, "words"), topics.Result(prefix, "v1", dev, "words")
+
+	// A stream: one delta per word in seq order, then exactly one done.
+	words := []string{"one", "two", "three", "four"}
+	d.publish(t, req, rtWordsRequest("s1", strings.Join(words, " "), false, true))
+	for seq, w := range words {
+		ev, raw := d.event(t, resTopic)
+		if ev.Event != api.EventDelta || ev.Seq != seq || ev.ID != "s1" || ev.Model != "words" || string(ev.Delta) != `{"word":"`+w+`"}` {
+			t.Fatalf("event %d: %s, want the delta of %q", seq, raw, w)
+		}
+	}
+	done, doneRaw := d.event(t, resTopic)
+	if done.Event != api.EventDone || done.Seq != len(words) || done.Status != 200 || string(done.Output) != `{"words":4}` || string(done.Usage) != `{"words":4}` {
+		t.Fatalf("final event %s, want done with seq 4, 4 words", doneRaw)
+	}
+
+	// A copy of a finished stream gets its final event again, alone, and
+	// the model does not run again; the lane keeps the replies in order.
+	d.publish(t, req, rtWordsRequest("s1", strings.Join(words, " "), false, true))
+	d.publish(t, req, rtWordsRequest("s2", "a b", false, false))
+	if _, raw := d.event(t, resTopic); !bytes.Equal(raw, doneRaw) {
+		t.Fatalf("copy of a finished stream got %s, want its final event %s", raw, doneRaw)
+	}
+	// Without "stream" the same model answers one result.
+	if res, raw := d.reply(t, resTopic); res.Status != 200 || res.ID != "s2" || string(res.Output) != `{"words":2}` {
+		t.Fatalf("request without stream: reply %s, want one result of 2 words", raw)
+	}
+	if n := model.calls.Load(); n != 2 {
+		t.Fatalf("model ran %d times, want 2 (the copy is answered from the cache)", n)
+	}
+
+	// The device cancels a running stream: the model's context is
+	// canceled by the device, and the stream ends with one 499 event.
+	d.publish(t, req, rtWordsRequest("s3", "x y z", true, true))
+	if ev, raw := d.event(t, resTopic); ev.Event != api.EventDelta || ev.Seq != 0 || ev.ID != "s3" {
+		t.Fatalf("first event %s, want delta 0", raw)
+	}
+	// s4 queues behind s3 in the device's lane, and is canceled while s3
+	// still runs (paho hands the worker the messages in order).
+	d.publish(t, req, rtWordsRequest("s4", "never run", false, true))
+	d.publish(t, req, []byte(`{"id":"s4","cancel":true}`))
+	d.publish(t, req, []byte(`{"id":"s3","cancel":true}`))
+	select {
+	case cause := <-model.stopped:
+		if !errors.Is(cause, errCanceledByDevice) {
+			t.Fatalf("model stopped by %v, want the device's cancel", cause)
+		}
+	case <-time.After(rtWait):
+		t.Fatal("the model's context was not canceled")
+	}
+	ev, raw := d.event(t, resTopic)
+	if ev.Event != api.EventError || ev.Status != 499 || ev.Error == nil || ev.Error.Type != api.Canceled || ev.Seq != 1 || ev.ID != "s3" {
+		t.Fatalf("after cancel: %s, want one error event 499 canceled with seq 1", raw)
+	}
+	// Canceled before its turn, s4 is answered 499 without running.
+	ev, raw = d.event(t, resTopic)
+	if ev.Event != api.EventError || ev.Status != 499 || ev.Seq != 0 || ev.ID != "s4" {
+		t.Fatalf("queued request canceled: %s, want one error event 499 with seq 0", raw)
+	}
+	if n := model.calls.Load(); n != 3 {
+		t.Fatalf("model ran %d times, want 3 (not for the request canceled in the queue)", n)
+	}
+
+	// An unknown id gets no reply (another worker of a group may run it).
+	d.publish(t, req, []byte(`{"id":"nope","cancel":true}`))
+	d.publish(t, req, rtWordsRequest("s5", "last", false, false))
+	if res, raw := d.reply(t, resTopic); res.ID != "s5" || res.Status != 200 {
+		t.Fatalf("after the cancel of an unknown id: %s, want the reply to s5 and nothing for the cancel", raw)
+	}
+}
+
+// TestRemoteKeepsEachDevicesOrder: paho hands the worker messages
+// concurrently, yet each device's requests for a model run in the order the
+// device sent them (stateful models depend on it).
+func TestRemoteKeepsEachDevicesOrder(t *testing.T) {
+	rtNoLeaks(t)
+	m := &orderModel{seen: map[string][]int{}}
+	core := rtCore(t, m, nil)
+	core.DefaultDeadline = time.Minute
+	b := rtBroker(t, core.Models.Names, nil)
+	url := "tcp://" + b.Addr()
+	opts := rtOptions(url, "node-a")
+	opts.Concurrency = 4
+	rtRun(t, core, opts)
+
+	const n = 50
+	prefix := topics.DefaultPrefix
+	devices := []string{"dev-a", "dev-b"}
+	clients := map[string]*rtClient{}
+	for _, dev := range devices {
+		clients[dev] = rtConnect(t, url, dev, topics.ResultFilter(prefix, "", dev, ""))
+	}
+	for i := range n {
+		for _, dev := range devices {
+			clients[dev].publish(t, topics.Request(prefix, "v1", dev, "order"), []byte(fmt.Sprintf(`{"id":"r%d","input":%d}`, i, i)))
+		}
+	}
+	for _, dev := range devices {
+		for i := range n {
+			// Replies come in order too: one lane answers them one by one.
+			res, raw := clients[dev].reply(t, topics.Result(prefix, "v1", dev, "order"))
+			if res.Status != 200 || res.ID != fmt.Sprint("r", i) {
+				t.Fatalf("%s: reply %d is %s, want 200 to r%d", dev, i, raw, i)
+			}
+		}
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, dev := range devices {
+		if got := m.seen[dev]; len(got) != n || !slices.IsSorted(got) {
+			t.Fatalf("device %s: the model saw %v, want 0..%d in order", dev, got, n-1)
+		}
+	}
+}
+
+// Different devices run at once; a device's second request for a model
+// waits for its first, though a slot is free.
+func TestRemoteLanesRunDevicesConcurrently(t *testing.T) {
+	rtNoLeaks(t)
+	model := &rtSumModel{entered: make(chan struct{}, 3), gate: make(chan struct{})}
+	core := rtCore(t, model, nil)
+	core.DefaultDeadline = time.Minute
+	b := rtBroker(t, core.Models.Names, nil)
+	url := "tcp://" + b.Addr()
+	r, _ := rtRun(t, core, rtOptions(url, "node-a"))
+
+	prefix := topics.DefaultPrefix
+	d1 := rtConnect(t, url, "dev-1", topics.ResultFilter(prefix, "", "dev-1", ""))
+	d2 := rtConnect(t, url, "dev-2", topics.ResultFilter(prefix, "", "dev-2", ""))
+	entered := func() {
+		t.Helper()
+		select {
+		case <-model.entered:
+		case <-time.After(rtWait):
+			t.Fatal("model not called")
+		}
+	}
+	d1.publish(t, topics.Request(prefix, "v1", "dev-1", "sum"), rtRequest("a", 1))
+	entered()
+	d2.publish(t, topics.Request(prefix, "v1", "dev-2", "sum"), rtRequest("b", 2))
+	entered() // dev-2 runs while dev-1's request still does
+	d1.publish(t, topics.Request(prefix, "v1", "dev-1", "sum"), rtRequest("c", 3))
+	pollUntil(t, "dev-1's second request to queue", func() bool { return r.waiting.Load() == 1 })
+	if n := model.calls.Load(); n != 2 {
+		t.Fatalf("model called %d times, want 2: dev-1's second request must wait for its first", n)
+	}
+	close(model.gate)
+	for _, want := range []string{"a", "c"} {
+		if res, raw := d1.reply(t, topics.Result(prefix, "v1", "dev-1", "sum")); res.ID != want || res.Status != 200 {
+			t.Fatalf("dev-1: reply %s, want 200 to %s", raw, want)
+		}
+	}
+	if res, raw := d2.reply(t, topics.Result(prefix, "v1", "dev-2", "sum")); res.ID != "b" || res.Status != 200 {
+		t.Fatalf("dev-2: reply %s, want 200 to b", raw)
+	}
+}
+
+// The worker's own throttle charges a v2 batch per input, refuses a batch
+// larger than the bucket with 413, and gives a metered output's unused
+// tokens back. On Mosquitto, so the worker decodes requests itself: v1
+// rejects a batch.
+func TestRemoteBatchesAndSettles(t *testing.T) {
+	rtNoLeaks(t)
+	url := rtMosquitto(t)
+	frozen := time.Unix(1_700_000_000, 0) // the bucket does not refill
+	lim, err := throttle.New(throttle.Config{
+		Default: throttle.Limits{Rate: 1, Burst: 20},
+		Costs:   map[string]int{"words": 10},
+		Now:     func() time.Time { return frozen },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	models := &inference.Registry{}
+	for _, m := range []inference.Model{&rtSumModel{}, &rtWordsModel{}} {
+		if err := models.Register(m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opts := rtOptions(url, "node-m")
+	opts.Throttle = lim
+	rtRun(t, &Core{Models: models}, opts)
+
+	const dev = "dev-1"
+	prefix := topics.DefaultPrefix
+	d := rtConnect(t, url, dev, topics.ResultFilter(prefix, "", dev, ""))
+	batch := func(n int) []byte {
+		in := make([]any, n)
+		for i := range in {
+			in[i] = map[string]any{"values": []any{i, 1}}
+		}
+		in[1] = map[string]any{"values": "x"}
+		b, _ := json.Marshal(map[string]any{"id": fmt.Sprint("batch", n), "inputs": in})
+		return b
+	}
+
+	d.publish(t, topics.Request(prefix, "v1", dev, "sum"), batch(3))
+	res, raw := d.reply(t, topics.Result(prefix, "v1", dev, "sum"))
+	if res.Status != 400 || res.Error == nil || res.Error.Type != api.InvalidRequest || !strings.Contains(res.Error.Message, "inputs") {
+		t.Fatalf("v1 batch: reply %s, want 400 naming the v2 field", raw)
+	}
+
+	v2sum, v2res := topics.Request(prefix, "v2", dev, "sum"), topics.Result(prefix, "v2", dev, "sum")
+	d.publish(t, v2sum, batch(3))
+	res, raw = d.reply(t, v2res)
+	if res.Status != 200 || res.ID != "batch3" || len(res.Outputs) != 3 || res.RateLimit == nil || res.RateLimit.Remaining != 17 {
+		t.Fatalf("v2 batch of 3: reply %s, want 200 with 3 outputs, charged 3 of 20 tokens", raw)
+	}
+	for i, want := range []string{`{"sum":1}`, "", `{"sum":3}`} {
+		item := res.Outputs[i]
+		if want == "" {
+			if item.Status != 422 || item.Error == nil || item.Error.Type != api.InvalidInput {
+				t.Errorf("batch item %d: %+v, want 422 invalid_input", i, item)
+			}
+		} else if item.Status != 200 || string(item.Output) != want {
+			t.Errorf("batch item %d: %+v (%s), want 200 %s", i, item, item.Output, want)
+		}
+	}
+	d.publish(t, v2sum, batch(21))
+	res, raw = d.reply(t, v2res)
+	if res.Status != 413 || res.Error == nil || res.Error.Type != api.PayloadTooLarge || !strings.Contains(res.Error.Message, "split it") || res.ID != "batch21" {
+		t.Fatalf("v2 batch of 21: reply %s, want 413 payload_too_large (split it)", raw)
+	}
+
+	// words costs 10 up front and uses a tenth per word: a stream of 3
+	// words leaves 17-10 = 7 at admission and gives 7 back (14); a result
+	// of 2 words leaves 4 and gives 8 back (12). Without settlement the
+	// second request would be refused.
+	words, wordsRes := topics.Request(prefix, "v1", dev, "words"), topics.Result(prefix, "v1", dev, "words")
+	d.publish(t, words, rtWordsRequest("w1", "one two three", false, true))
+	for range 3 {
+		if ev, raw := d.event(t, wordsRes); ev.Event != api.EventDelta {
+			t.Fatalf("stream: %s, want a delta", raw)
+		}
+	}
+	ev, raw := d.event(t, wordsRes)
+	if ev.Event != api.EventDone || string(ev.Usage) != `{"words":3}` || ev.RateLimit == nil || ev.RateLimit.Remaining != 7 {
+		t.Fatalf("stream: final %s, want done with 3 words and 7 tokens left", raw)
+	}
+	d.publish(t, words, rtWordsRequest("w2", "a b", false, false))
+	res, w2 := d.reply(t, wordsRes)
+	if res.Status != 200 || res.RateLimit == nil || res.RateLimit.Remaining != 4 {
+		t.Fatalf("after settling the stream: reply %s, want 200 with 14-10 = 4 tokens left", w2)
+	}
+	// A copy is charged at intake like any request, then refunded when it
+	// turns out to be answered from the cache.
+	d.publish(t, words, rtWordsRequest("w2", "a b", false, false))
+	if _, raw := d.reply(t, wordsRes); !bytes.Equal(raw, w2) {
+		t.Fatalf("copy of w2: reply %s, want the cached %s", raw, w2)
+	}
+	d.publish(t, topics.Request(prefix, "v1", dev, "sum"), rtRequest("s", 1))
+	if res, raw := d.reply(t, topics.Result(prefix, "v1", dev, "sum")); res.Status != 200 || res.RateLimit == nil || res.RateLimit.Remaining != 11 {
+		t.Fatalf("after settling the result: reply %s, want 200 with 12-1 = 11 tokens left", raw)
+	}
+}
+
+// The worker's throttle refuses a request at intake, at once, even while
+// the device's previous request for the model still runs.
+func TestRemoteThrottleRefusesAtIntake(t *testing.T) {
+	rtNoLeaks(t)
+	frozen := time.Unix(1_700_000_000, 0)
+	lim, err := throttle.New(throttle.Config{
+		Default: throttle.Limits{Rate: 1, Burst: 1},
+		Now:     func() time.Time { return frozen },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	model := &rtSumModel{entered: make(chan struct{}, 1), gate: make(chan struct{})}
+	core := rtCore(t, model, nil)
+	core.DefaultDeadline = time.Minute
+	b := rtBroker(t, core.Models.Names, nil)
+	url := "tcp://" + b.Addr()
+	opts := rtOptions(url, "node-a")
+	opts.Throttle = lim
+	rtRun(t, core, opts)
+
+	const dev = "dev-1"
+	prefix := topics.DefaultPrefix
+	d := rtConnect(t, url, dev, topics.ResultFilter(prefix, "", dev, ""))
+	req, resTopic := topics.Request(prefix, "v1", dev, "sum"), topics.Result(prefix, "v1", dev, "sum")
+	d.publish(t, req, rtRequest("a", 1))
+	select {
+	case <-model.entered:
+	case <-time.After(rtWait):
+		t.Fatal("model not called")
+	}
+	d.publish(t, req, rtRequest("b", 2))
+	if res, raw := d.reply(t, resTopic); res.ID != "b" || res.Status != 429 || res.RateLimit == nil || res.RateLimit.Remaining != 0 {
+		t.Fatalf("second request while the first runs: reply %s, want 429 at once", raw)
+	}
+	close(model.gate)
+	if res, raw := d.reply(t, resTopic); res.ID != "a" || res.Status != 200 {
+		t.Fatalf("first request: reply %s, want 200", raw)
 	}
 }
