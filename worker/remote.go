@@ -631,21 +631,14 @@ func (r *Remote) handle(d *delivery) (reply []byte) {
 func (r *Remote) answer(d *delivery) (reply []byte, keep bool) {
 	t := d.topic
 	job := Job{Version: t.Version, Device: t.Device, Model: t.Model, Request: d.body, Received: d.received, RateLimit: d.rl}
-	l := r.opts.Throttle
 	if _, ok := r.core.Models.Get(t.Model); !ok || canceledByDevice(d.ctx) {
-		// Like the embedded broker, an unknown model costs no tokens (it
-		// was not charged), and neither does a request canceled before
-		// its turn: the Core answers 404, or 499, without running any
-		// model.
-		r.refund(d)
-		if l != nil {
-			job.RateLimit = broker.RateLimit(l.Peek(t.Device, t.Model))
-		}
-		reply, status, _ := r.run(d, job)
-		r.send(d, reply)
-		return reply, final(status)
+		return r.answerUnrun(d, job)
 	}
 	release, ok := r.acquire(d.ctx)
+	if ok && canceledByDevice(d.ctx) {
+		release()
+		return r.answerUnrun(d, job)
+	}
 	if !ok {
 		r.refund(d)
 		res := api.ErrorResult(d.body.ID, t.Model, api.Errorf(api.Overloaded, "the worker is shutting down; retry on another"))
@@ -662,8 +655,22 @@ func (r *Remote) answer(d *delivery) (reply []byte, keep bool) {
 	// Settled before the final reply goes out, so that the device's next
 	// request sees the tokens given back.
 	if d.admitted && share >= 0 {
-		broker.Settle(l, t.Device, d.cost, share)
+		broker.Settle(r.opts.Throttle, t.Device, d.cost, share)
 	}
+	r.send(d, reply)
+	return reply, final(status)
+}
+
+// answerUnrun answers a request for an unknown model, or one its device
+// canceled before it ran: the Core answers 404, or 499, without running any
+// model. Like the embedded broker's, neither costs tokens (an unknown model
+// was not charged; a canceled request is refunded).
+func (r *Remote) answerUnrun(d *delivery, job Job) (reply []byte, keep bool) {
+	r.refund(d)
+	if l := r.opts.Throttle; l != nil {
+		job.RateLimit = broker.RateLimit(l.Peek(d.topic.Device, d.topic.Model))
+	}
+	reply, status, _ := r.run(d, job)
 	r.send(d, reply)
 	return reply, final(status)
 }
@@ -740,8 +747,8 @@ func final(status int) bool {
 
 // acquire takes an inference slot. It returns the function that gives the
 // slot back, or false when the models were canceled at shutdown while it
-// waited. A request its device cancels while it waits goes on without a
-// slot: the Core answers it 499 without running the model.
+// waited. A request its device cancels while it waits returns at once,
+// without a slot (a no-op release), for answerUnrun.
 func (r *Remote) acquire(ctx context.Context) (release func(), ok bool) {
 	r.waiting.Add(1)
 	defer r.waiting.Add(-1)
