@@ -174,7 +174,25 @@ func (b *Broker) Close() error {
 	default:
 		close(b.closed)
 	}
+	// mochi v2.7.9's own Close can deadlock when a client disconnects at
+	// that moment: Clients.GetByListener read-locks the client map twice
+	// (through Len), and a Delete waiting in between blocks both. So the
+	// listeners are closed and their clients disconnected here, with one
+	// read lock (GetAll), and removed before the server's Close runs.
+	for _, id := range []string{"tcp", "ws"} {
+		b.srv.Listeners.Close(id, b.disconnectClients)
+		b.srv.Listeners.Delete(id)
+	}
 	return b.srv.Close()
+}
+
+// disconnectClients disconnects the clients of a listener as the server shuts down.
+func (b *Broker) disconnectClients(listener string) {
+	for _, cl := range b.srv.Clients.GetAll() {
+		if cl.Net.Listener == listener && !cl.Closed() {
+			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
 }
 
 // Addr is the bound MQTT over TCP address ("" when TCP is off).
