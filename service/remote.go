@@ -44,6 +44,7 @@ func RunWorker(ctx context.Context, cfg config.Config, log *slog.Logger) error {
 		DedupTTL:       cfg.Remote.DedupTTL,
 		Throttle:       limiter,
 		MaxRequestSize: cfg.MQTT.MaxRequestSize,
+		QueueSize:      cfg.Worker.QueueSize,
 		Node:           cfg.Node,
 		Version:        Version,
 		Log:            log.With("component", "remote"),

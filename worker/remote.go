@@ -23,6 +23,9 @@ import (
 // MaxRequestSize is 0, in bytes; the same as the embedded broker's.
 const DefaultMaxRequestSize = 64 << 10
 
+// DefaultQueueSize is the waiting-request bound of a Remote whose QueueSize is 0.
+const DefaultQueueSize = 1024
+
 // DefaultDrainTimeout is how long a Remote whose DrainTimeout is 0 lets the
 // requests in flight finish at shutdown before it cancels their models.
 const DefaultDrainTimeout = 30 * time.Second
@@ -76,6 +79,9 @@ type RemoteOptions struct {
 	// MaxRequestSize is the largest request body, in bytes; larger ones get
 	// 413. 0 means DefaultMaxRequestSize.
 	MaxRequestSize int
+	// QueueSize bounds the requests waiting for a model (in their lanes);
+	// past it new requests get 503 overloaded. 0 means DefaultQueueSize.
+	QueueSize int
 	// DrainTimeout bounds how long shutdown waits for running models before
 	// canceling them (their requests are still answered, 503). 0 means
 	// DefaultDrainTimeout.
@@ -178,6 +184,9 @@ func NewRemote(core *Core, opts RemoteOptions) (*Remote, error) {
 	}
 	if opts.MaxRequestSize == 0 {
 		opts.MaxRequestSize = DefaultMaxRequestSize
+	}
+	if opts.QueueSize <= 0 {
+		opts.QueueSize = DefaultQueueSize
 	}
 	if opts.DrainTimeout <= 0 {
 		opts.DrainTimeout = DefaultDrainTimeout
@@ -806,9 +815,23 @@ func (r *Remote) send(d *delivery, reply []byte) {
 	if reply == nil {
 		return
 	}
-	if r.publish(d, reply) == nil {
+	// The reply is published now, in order with the lane's other replies
+	// (paho writes a client's publishes in the order they are made), and
+	// acknowledged once the broker has it, without holding up the lane:
+	// waiting for each PUBACK here would cap a device at one round trip
+	// per request. The wait holds a task, so shutdown waits for it.
+	topic := d.topic.ResultTopic()
+	tok := d.c.Publish(topic, 1, false, reply)
+	r.tasks.hold()
+	go func() {
+		defer r.tasks.leave()
+		if err := wait(tok); err != nil {
+			r.core.Metrics.Dropped()
+			r.log.Warn("publish reply", "topic", topic, "error", err)
+			return
+		}
 		d.ack()
-	}
+	}()
 }
 
 // publish publishes a payload on the request's result topic at QoS 1 and
@@ -861,6 +884,14 @@ func (t *tasks) enter() bool {
 	}
 	t.n++
 	return true
+}
+
+// hold registers one more task from inside a running one, so the tracker
+// cannot have been closed.
+func (t *tasks) hold() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.n++
 }
 
 func (t *tasks) leave() {

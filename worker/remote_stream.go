@@ -40,6 +40,11 @@ func (r *Remote) enqueue(d *delivery) {
 		}
 		r.lmu.Unlock()
 	}
+	if d.reject == nil && r.waiting.Load() >= int64(r.opts.QueueSize) {
+		// Like the pool's bounded queue: past it the worker sheds load with
+		// a clear 503 instead of letting deadlines expire in its lanes.
+		d.reject = api.Errorf(api.Overloaded, "the worker has %d requests waiting; retry later", r.waiting.Load())
+	}
 	if d.reject == nil {
 		r.admit(d)
 	}

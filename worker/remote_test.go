@@ -1269,3 +1269,42 @@ func TestRemoteThrottleRefusesAtIntake(t *testing.T) {
 		t.Fatalf("first request: reply %s, want 200", raw)
 	}
 }
+
+// TestRemoteShedsLoadPastItsQueue: with its queue full, the worker answers
+// new requests 503 overloaded at once instead of letting them wait out
+// their deadlines; the queued ones are still answered.
+func TestRemoteShedsLoadPastItsQueue(t *testing.T) {
+	rtNoLeaks(t)
+	model := &rtSumModel{entered: make(chan struct{}, 8), gate: make(chan struct{})}
+	core := rtCore(t, model, nil)
+	b := rtBroker(t, core.Models.Names, nil)
+	url := "tcp://" + b.Addr()
+	opts := rtOptions(url, "node-q")
+	opts.Concurrency, opts.QueueSize = 1, 1
+	rtRun(t, core, opts)
+
+	prefix := topics.DefaultPrefix
+	devs := []string{"q-1", "q-2", "q-3", "q-4"}
+	cl := map[string]*rtClient{}
+	for _, dev := range devs {
+		cl[dev] = rtConnect(t, url, dev, topics.ResultFilter(prefix, "", dev, ""))
+	}
+	// q-1 runs (and holds the one slot), q-2 waits: the queue holds 1.
+	cl["q-1"].publish(t, topics.Request(prefix, "v1", "q-1", "sum"), rtRequest("r1", 1))
+	<-model.entered
+	cl["q-2"].publish(t, topics.Request(prefix, "v1", "q-2", "sum"), rtRequest("r2", 2))
+	// q-3 and q-4 find the queue full.
+	for _, dev := range devs[2:] {
+		cl[dev].publish(t, topics.Request(prefix, "v1", dev, "sum"), rtRequest("r", 3))
+		res, _ := cl[dev].reply(t, topics.Result(prefix, "v1", dev, "sum"))
+		if res.Status != 503 || res.Error == nil || res.Error.Type != api.Overloaded {
+			t.Errorf("%s: %+v, want 503 overloaded", dev, res)
+		}
+	}
+	close(model.gate)
+	for _, dev := range devs[:2] {
+		if res, _ := cl[dev].reply(t, topics.Result(prefix, "v1", dev, "sum")); res.Status != 200 {
+			t.Errorf("%s: %+v, want 200", dev, res)
+		}
+	}
+}
