@@ -157,38 +157,6 @@ func object(raw json.RawMessage, name string) (map[string]json.RawMessage, error
 	return m, nil
 }
 
-// a names a JSON type with its article, for messages.
-func a(kind string) string {
-	switch kind {
-	case "null", "nothing":
-		return kind
-	case "object", "array":
-		return "an " + kind
-	}
-	return "a " + kind
-}
-
-// kind names the JSON type of raw, which must be valid JSON.
-func kind(raw []byte) string {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 {
-		return "nothing"
-	}
-	switch raw[0] {
-	case '"':
-		return "string"
-	case '{':
-		return "object"
-	case '[':
-		return "array"
-	case 't', 'f':
-		return "boolean"
-	case 'n':
-		return "null"
-	}
-	return "number"
-}
-
 // number parses raw as a finite JSON number within ±MaxAbsValue.
 func number(raw []byte, name string) (float64, error) {
 	raw = bytes.TrimSpace(raw)
@@ -345,3 +313,9 @@ func clip(s string) string {
 	}
 	return s[:n] + "..."
 }
+
+// kind and a name a JSON value's type in messages (see inference.JSONKind).
+var (
+	kind = inference.JSONKind
+	a    = inference.WithArticle
+)

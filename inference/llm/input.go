@@ -171,38 +171,6 @@ func isEmptyObject(raw []byte) bool {
 	return kind(raw) == "object" && json.Unmarshal(raw, &m) == nil && len(m) == 0
 }
 
-// kind names the JSON type of raw, which must be valid JSON.
-func kind(raw []byte) string {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 {
-		return "nothing"
-	}
-	switch raw[0] {
-	case '"':
-		return "string"
-	case '{':
-		return "object"
-	case '[':
-		return "array"
-	case 't', 'f':
-		return "boolean"
-	case 'n':
-		return "null"
-	}
-	return "number"
-}
-
-// a names a JSON type with its article, for messages.
-func a(kind string) string {
-	switch kind {
-	case "null", "nothing":
-		return kind
-	case "object", "array":
-		return "an " + kind
-	}
-	return "a " + kind
-}
-
 // clip shortens s for an error message.
 func clip(s string) string {
 	const n = 64
@@ -211,3 +179,9 @@ func clip(s string) string {
 	}
 	return s[:n] + "..."
 }
+
+// kind and a name a JSON value's type in messages (see inference.JSONKind).
+var (
+	kind = inference.JSONKind
+	a    = inference.WithArticle
+)

@@ -240,38 +240,6 @@ func object(raw json.RawMessage, name, example string) (map[string]json.RawMessa
 	return m, nil
 }
 
-// a names a JSON type with its article, for messages.
-func a(kind string) string {
-	switch kind {
-	case "null", "nothing":
-		return kind
-	case "object", "array":
-		return "an " + kind
-	}
-	return "a " + kind
-}
-
-// kind names the JSON type of raw, which must be valid JSON.
-func kind(raw []byte) string {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 {
-		return "nothing"
-	}
-	switch raw[0] {
-	case '"':
-		return "string"
-	case '{':
-		return "object"
-	case '[':
-		return "array"
-	case 't', 'f':
-		return "boolean"
-	case 'n':
-		return "null"
-	}
-	return "number"
-}
-
 func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
 
 func skipSpace(b []byte, i int) int {
@@ -297,3 +265,9 @@ func clip(s string) string {
 
 // roundProb rounds a probability to 3 decimals for the output.
 func roundProb(p float32) float64 { return math.Round(float64(p)*1000) / 1000 }
+
+// kind and a name a JSON value's type in messages (see inference.JSONKind).
+var (
+	kind = inference.JSONKind
+	a    = inference.WithArticle
+)
