@@ -182,15 +182,4 @@ func (m *Model) EvictIdle() int {
 
 // Run calls EvictIdle every IdleTTL/4 (at least every minute, at most
 // every second) until ctx is done. It blocks; the caller owns the goroutine.
-func (m *Model) Run(ctx context.Context) {
-	t := time.NewTicker(min(max(m.cfg.IdleTTL/4, time.Second), time.Minute))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			m.EvictIdle()
-		}
-	}
-}
+func (m *Model) Run(ctx context.Context) { inference.EvictEvery(ctx, m.cfg.IdleTTL, m.EvictIdle) }

@@ -9,8 +9,11 @@
 package onnx
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 )
@@ -78,4 +81,19 @@ func (t Tensor) check() error {
 		return fmt.Errorf("tensor of shape %v has no data", t.Shape)
 	}
 	return nil
+}
+
+// Checksum returns the sha256 of the file at path, hex: the catalog's
+// record of which weights a model actually loaded.
+func Checksum(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", fmt.Errorf("read %s: %w", path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
 }

@@ -3,17 +3,13 @@ package detect
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/base64"
-	"encoding/hex"
 	"errors"
 	"fmt"
 	"image"
 	"image/color"
 	"image/jpeg"
-	"io"
 	"math"
-	"os"
 	"path/filepath"
 	"runtime"
 	"sync"
@@ -148,7 +144,7 @@ func New(cfg Config) (*Model, error) {
 		return nil, fmt.Errorf("detect: %w", err)
 	}
 	path := filepath.Join(cfg.Dir, FileName)
-	sum, err := checksum(path)
+	sum, err := onnx.Checksum(path)
 	if err != nil {
 		return nil, fmt.Errorf("detect: %w (run `make models`, which converts nanodet.json+nanodet.bin with scripts/nanodet2onnx.py)", err)
 	}
@@ -212,19 +208,6 @@ func warmupInput() []byte {
 	var buf bytes.Buffer
 	jpeg.Encode(&buf, img, nil) // writing to a bytes.Buffer does not fail
 	return fmt.Appendf(nil, `{"image":%q}`, base64.StdEncoding.EncodeToString(buf.Bytes()))
-}
-
-func checksum(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("read %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // Info describes the loaded model for the catalog.

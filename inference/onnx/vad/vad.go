@@ -2,13 +2,9 @@ package vad
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"io"
 	"math"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -168,7 +164,7 @@ func New(cfg Config) (*Model, error) {
 		return nil, fmt.Errorf("vad: %w", err)
 	}
 	path := filepath.Join(cfg.Dir, FileName)
-	sum, err := checksum(path)
+	sum, err := onnx.Checksum(path)
 	if err != nil {
 		return nil, fmt.Errorf("vad: %w (run `make models`)", err)
 	}
@@ -207,19 +203,6 @@ func New(cfg Config) (*Model, error) {
 	m.info.Runtime = "onnxruntime " + onnx.Version()
 	m.info.WarmLatencyMS = math.Round(float64(warm.Microseconds())) / 1000
 	return m, nil
-}
-
-func checksum(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("read %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // Info describes the loaded model for the catalog.
@@ -452,15 +435,4 @@ func (m *Model) EvictIdle() int {
 
 // Run calls EvictIdle every IdleTTL/4 (at least every minute, at most every
 // second) until ctx is done. It blocks; the caller owns the goroutine.
-func (m *Model) Run(ctx context.Context) {
-	t := time.NewTicker(min(max(m.cfg.IdleTTL/4, time.Second), time.Minute))
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			m.EvictIdle()
-		}
-	}
-}
+func (m *Model) Run(ctx context.Context) { inference.EvictEvery(ctx, m.cfg.IdleTTL, m.EvictIdle) }
