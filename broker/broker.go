@@ -59,6 +59,9 @@ type Options struct {
 	// Models returns the names of the models served, for 404 replies; nil
 	// skips the model check at the broker.
 	Models func() []string
+	// HasModel reports whether a model is served, on every request; nil
+	// looks the name up in Models, which costs a list per request.
+	HasModel func(name string) bool
 	// Dispatcher receives accepted requests; nil routes them to remote
 	// workers subscribed to the request topics instead.
 	Dispatcher Dispatcher
@@ -203,9 +206,6 @@ func (b *Broker) Addr() string {
 	return b.tcp.Address()
 }
 
-// Prefix is the service's topic prefix.
-func (b *Broker) Prefix() string { return b.opts.Prefix }
-
 // Publish sends a message from the service itself (results, catalog,
 // status). It bypasses the ACL; the service's own hooks ignore it.
 func (b *Broker) Publish(topic string, payload []byte, retain bool, qos byte) error {
@@ -311,15 +311,19 @@ func (r *Request) Encode(v any) ([]byte, error) {
 }
 
 // replyContentType is the content type of the replies to r.
-func (r *Request) replyContentType() string {
-	if r.ContentType == api.ContentTypeCBOR && r.Topic.Version != "v1" {
+func (r *Request) replyContentType() string { return replyContentType(r.Topic.Version, r.ContentType) }
+
+// replyContentType is the content type of replies to a request of an API
+// version and content type: CBOR answers CBOR on v2; v1 is JSON, always.
+func replyContentType(version, requestType string) string {
+	if requestType == api.ContentTypeCBOR && version != "v1" {
 		return api.ContentTypeCBOR
 	}
 	return "application/json"
 }
 
 func encodeReply(version, contentType string, v any) ([]byte, error) {
-	if contentType == api.ContentTypeCBOR && version != "v1" { // v1 is JSON, always
+	if replyContentType(version, contentType) == api.ContentTypeCBOR {
 		return api.MarshalCBOR(v)
 	}
 	return api.Marshal(version, v)

@@ -81,7 +81,7 @@ func newRequestHook(b *Broker, auth *authHook) *requestHook {
 	h := &requestHook{b: b, auth: auth}
 	h.stages = []stage{
 		identityStage{},
-		&validateStage{maxSize: b.opts.MaxRequestSize, models: b.opts.Models},
+		newValidateStage(b.opts),
 	}
 	if b.opts.Throttle != nil {
 		h.stages = append(h.stages, &throttleStage{l: b.opts.Throttle, m: b.opts.Metrics})
@@ -231,10 +231,7 @@ func (h *requestHook) reject(in *inbound, e *api.Error) (packets.Packet, error) 
 		if rt != "" {
 			topic = rt
 		}
-		ct := "application/json"
-		if in.contentType() == api.ContentTypeCBOR && in.topic.Version != "v1" {
-			ct = api.ContentTypeCBOR
-		}
+		ct := replyContentType(in.topic.Version, in.contentType())
 		if err := h.b.publish(topic, payload, in.pk.FixedHeader.Qos, in.pk.Properties.CorrelationData, rt != "", ct, res.Status); err != nil {
 			h.b.log.Warn("publish reply", "device", in.sender, "error", err)
 		}

@@ -1,8 +1,6 @@
 package broker
 
 import (
-	"math"
-
 	"github.com/mqttinfer/mqttinfer/api"
 	"github.com/mqttinfer/mqttinfer/metrics"
 	"github.com/mqttinfer/mqttinfer/throttle"
@@ -33,7 +31,7 @@ func (s *throttleStage) check(in *inbound) *api.Error {
 	device, cost := in.sender, d.Cost
 	in.release = func() { s.l.Done(device) }
 	in.refund = func() { s.l.Refund(device, cost) }
-	in.settle = func(share float64) { Settle(s.l, device, cost, share) }
+	in.settle = func(share float64) { s.l.Settle(device, cost, share) }
 	return nil
 }
 
@@ -45,13 +43,4 @@ func RateLimit(d throttle.Decision) *api.RateLimit {
 
 func peekRateLimit(l *throttle.Limiter, device, model string) *api.RateLimit {
 	return RateLimit(l.Peek(device, model))
-}
-
-// Settle gives a device back the part of an up-front cost that a metered
-// request did not use: share is the used fraction, rounded up to whole tokens.
-func Settle(l *throttle.Limiter, device string, cost int, share float64) {
-	used := int(math.Ceil(min(max(share, 0), 1) * float64(cost)))
-	if used < cost {
-		l.Refund(device, cost-used)
-	}
 }

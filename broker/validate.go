@@ -11,7 +11,8 @@ import (
 // the model exists. On success in.body holds the request with its id set.
 type validateStage struct {
 	maxSize int
-	models  func() []string
+	models  func() []string   // for the 404's list
+	has     func(string) bool // the per-request check
 }
 
 func (v *validateStage) check(in *inbound) *api.Error {
@@ -23,16 +24,24 @@ func (v *validateStage) check(in *inbound) *api.Error {
 	if e != nil {
 		return e
 	}
-	if v.models != nil {
+	if v.has != nil && !v.has(in.topic.Model) {
 		names := v.models()
-		if !slices.Contains(names, in.topic.Model) {
-			e := api.Errorf(api.ModelNotFound, "model %q does not exist; models: %s", in.topic.Model, strings.Join(names, ", "))
-			e.Models = names
-			return e
-		}
+		e := api.Errorf(api.ModelNotFound, "model %q does not exist; models: %s", in.topic.Model, strings.Join(names, ", "))
+		e.Models = names
+		return e
 	}
 	if in.body.ID == "" {
 		in.body.ID = api.NewID()
 	}
 	return nil
+}
+
+func newValidateStage(opts Options) *validateStage {
+	v := &validateStage{maxSize: opts.MaxRequestSize, models: opts.Models, has: opts.HasModel}
+	if v.models == nil {
+		v.has = nil // nothing to list: no model check at the broker
+	} else if v.has == nil {
+		v.has = func(name string) bool { return slices.Contains(v.models(), name) }
+	}
+	return v
 }

@@ -3,7 +3,6 @@ package gateway
 import (
 	"bytes"
 	"errors"
-	"math"
 	"net/http"
 	"strconv"
 	"strings"
@@ -143,14 +142,7 @@ func (g *gateway) admit(x *exchange, n int) (admission, *api.Error) {
 	l, client, cost := g.limiter, x.client, d.Cost
 	adm.release = sync.OnceFunc(func() { l.Done(client) })
 	adm.refund = func() { l.Refund(client, cost) }
-	adm.settle = func(share float64) {
-		// As the broker settles: the used share of the cost, rounded up
-		// to whole tokens; the rest goes back.
-		used := int(math.Ceil(min(max(share, 0), 1) * float64(cost)))
-		if used < cost {
-			l.Refund(client, cost-used)
-		}
-	}
+	adm.settle = func(share float64) { l.Settle(client, cost, share) }
 	return adm, nil
 }
 

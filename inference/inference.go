@@ -112,6 +112,12 @@ func (r *Registry) Get(name string) (Model, bool) {
 	return m, ok
 }
 
+// Has reports whether a model named name is registered.
+func (r *Registry) Has(name string) bool {
+	_, ok := r.Get(name)
+	return ok
+}
+
 // Names returns the registered model names, sorted.
 func (r *Registry) Names() []string {
 	r.mu.RLock()

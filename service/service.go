@@ -85,6 +85,7 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 		SessionExpiry:          cfg.MQTT.SessionExpiry,
 		Throttle:               s.limiter,
 		Models:                 s.models.Registry.Names,
+		HasModel:               s.models.Registry.Has,
 		Metrics:                m,
 		Log:                    log.With("component", "broker"),
 	}

@@ -443,6 +443,16 @@ func (l *Limiter) Refund(device string, tokens int) {
 	d.bucket.AllowN(now, -n)
 }
 
+// Settle gives device back the part of an up-front cost that a metered
+// request did not use: share is the fraction used, in [0, 1], rounded up to
+// whole tokens. It is Refund of cost minus the tokens used.
+func (l *Limiter) Settle(device string, cost int, share float64) {
+	used := int(math.Ceil(min(max(share, 0), 1) * float64(cost)))
+	if used < cost {
+		l.Refund(device, cost-used)
+	}
+}
+
 // EvictIdle forgets, now, every device that has made no request for IdleTTL,
 // has nothing in flight and whose bucket would be full by now, and returns
 // how many it forgot. A forgotten device starts afresh, with a full bucket,

@@ -650,3 +650,21 @@ func TestAllowNBatches(t *testing.T) {
 		t.Fatalf("batch over the burst: %+v %q", d, d.Describe("d"))
 	}
 }
+
+func TestSettle(t *testing.T) {
+	c := newClock()
+	l := mustNew(t, c.config(Config{Default: Limits{Rate: 1, Burst: 10}, Costs: map[string]int{"chat": 8}}))
+	if d := l.Allow("d", "chat"); !d.Allowed || d.Remaining != 2 {
+		t.Fatalf("allow: %+v", d)
+	}
+	l.Done("d")
+	l.Settle("d", 8, 0.1) // used ceil(0.8) = 1 token: 7 back
+	if d := l.Peek("d", "chat"); d.Remaining != 1 {
+		t.Errorf("after settling a 10%% share: remaining %d after a second request, want 1", d.Remaining)
+	}
+	l.Settle("d", 8, 1.5) // a share over 1 counts as all: nothing back
+	l.Settle("d", 8, -1)  // below 0 counts as none: the whole cost back, capped at the burst
+	if d := l.Peek("d", "chat"); d.Remaining != 2 {
+		t.Errorf("after settling nothing used: remaining %d after a request, want 2 (full bucket of 10)", d.Remaining)
+	}
+}

@@ -664,7 +664,7 @@ func (r *Remote) answer(d *delivery) (reply []byte, keep bool) {
 	// Settled before the final reply goes out, so that the device's next
 	// request sees the tokens given back.
 	if d.admitted && share >= 0 {
-		broker.Settle(r.opts.Throttle, t.Device, d.cost, share)
+		r.opts.Throttle.Settle(t.Device, d.cost, share)
 	}
 	r.send(d, reply)
 	return reply, final(status)
