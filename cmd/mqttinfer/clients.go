@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	devicesim "github.com/mqttinfer/mqttinfer/device-sim"
 	"github.com/mqttinfer/mqttinfer/topics"
@@ -43,8 +44,7 @@ func simCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.Broker, "broker", devicesim.DefaultBroker, "broker URL")
-	f.StringVar(&o.Prefix, "prefix", topics.DefaultPrefix, "service topic prefix")
+	connFlags(f, &o.Broker, &o.Prefix, &o.Username, &o.Password)
 	f.StringVar(&o.Version, "api", "v1", "API version of the request topics")
 	f.IntVarP(&o.Devices, "devices", "n", 10, "simulated devices, each its own MQTT connection")
 	f.StringVar(&o.IDPrefix, "id-prefix", devicesim.DefaultIDPrefix, "device id prefix (ids are <prefix>0001...)")
@@ -54,8 +54,6 @@ func simCmd() *cobra.Command {
 	f.IntVar(&qos, "qos", 1, "MQTT QoS of requests and results (0 or 1)")
 	f.DurationVarP(&o.Duration, "duration", "d", 10*time.Second, "sending time")
 	f.DurationVar(&o.Drain, "drain", 5*time.Second, "how long to wait for outstanding replies at the end")
-	f.StringVar(&o.Username, "username", "", "username for every device")
-	f.StringVar(&o.Password, "password", "", "password for every device")
 	f.Int64Var(&o.Seed, "seed", 0, "seed of inputs and schedule (0 = random)")
 	f.IntVar(&o.ConnectConcurrency, "connect-concurrency", devicesim.DefaultConnectConcurrency, "devices connecting at once")
 	f.DurationVar(&o.Inputs.AudioChunk, "chunk", 0, "vad: audio per request (default 500ms)")
@@ -84,13 +82,10 @@ func watchCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.Broker, "broker", devicesim.DefaultBroker, "broker URL")
-	f.StringVar(&o.Prefix, "prefix", topics.DefaultPrefix, "service topic prefix")
+	connFlags(f, &o.Broker, &o.Prefix, &o.Username, &o.Password)
 	f.StringVar(&o.Version, "api", "", "API version to watch (empty = all)")
 	f.StringVar(&o.Device, "device", "", "device to watch (empty = all)")
 	f.StringVar(&o.Model, "model", "", "model to watch (empty = all)")
-	f.StringVar(&o.Username, "username", "", "username (an observer may read all results)")
-	f.StringVar(&o.Password, "password", "", "password")
 	f.BoolVar(&o.JSON, "json", false, "print one JSON object per message")
 	return cmd
 }
@@ -106,11 +101,8 @@ func modelsCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.Broker, "broker", devicesim.DefaultBroker, "broker URL")
-	f.StringVar(&o.Prefix, "prefix", topics.DefaultPrefix, "service topic prefix")
+	connFlags(f, &o.Broker, &o.Prefix, &o.Username, &o.Password)
 	f.StringVar(&o.Version, "api", "v1", "API version of the catalog")
-	f.StringVar(&o.Username, "username", "", "username")
-	f.StringVar(&o.Password, "password", "", "password")
 	f.DurationVar(&o.Timeout, "timeout", 5*time.Second, "how long to wait for the catalog")
 	f.BoolVar(&o.JSON, "json", false, "print the catalog as published")
 	return cmd
@@ -135,15 +127,21 @@ the service, which stops the model. The service needs models.chat.base_url
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&o.Broker, "broker", devicesim.DefaultBroker, "broker URL")
-	f.StringVar(&o.Prefix, "prefix", topics.DefaultPrefix, "service topic prefix")
+	connFlags(f, &o.Broker, &o.Prefix, &o.Username, &o.Password)
 	f.StringVar(&o.Version, "api", "v1", "API version")
 	f.StringVar(&o.Device, "device", "", "device id to ask as (default chat-<random>)")
-	f.StringVar(&o.Username, "username", "", "username")
-	f.StringVar(&o.Password, "password", "", "password")
 	f.StringVar(&o.System, "system", "", "system message")
 	f.IntVar(&o.MaxTokens, "max-tokens", 0, "cap on the answer's tokens (0 = the service's default)")
 	f.DurationVar(&o.Timeout, "timeout", 2*time.Minute, "how long to wait for the whole answer")
 	f.BoolVar(&showUsage, "usage", false, "print the token usage at the end (on stderr)")
 	return cmd
+}
+
+// connFlags registers the flags every client command shares: where the
+// broker is, the service's prefix, and the login.
+func connFlags(f *pflag.FlagSet, broker, prefix, username, password *string) {
+	f.StringVar(broker, "broker", devicesim.DefaultBroker, "broker URL")
+	f.StringVar(prefix, "prefix", topics.DefaultPrefix, "service topic prefix")
+	f.StringVar(username, "username", "", "username (with auth on, a device's username is its id; an observer may read all results)")
+	f.StringVar(password, "password", "", "password")
 }
