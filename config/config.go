@@ -10,10 +10,14 @@
 package config
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"io"
 	"log/slog"
 	"os"
 	"runtime"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/mqttinfer/mqttinfer/topics"
@@ -23,9 +27,8 @@ import (
 // the YAML keys; nested keys are joined with "." in messages and with "_" in
 // environment variable names (mqtt.tcp_addr is MQTTINFER_MQTT_TCP_ADDR).
 type Config struct {
-	// Node is this process's node id, used in the status topic and in the
-	// remote worker's default client id. Default: the host name sanitised to
-	// [A-Za-z0-9._-], at most 64 bytes.
+	// Node is this process's node id, used in the status topic. Default: the
+	// host name sanitised to [A-Za-z0-9._-], at most 64 bytes.
 	Node string `mapstructure:"node" yaml:"node"`
 	// Prefix is the topic prefix of the service. Default "mqttinfer".
 	Prefix string `mapstructure:"prefix" yaml:"prefix"`
@@ -133,19 +136,34 @@ type Worker struct {
 func (w Worker) PoolSize() int { return poolSize(w.Concurrency) }
 
 // Remote configures `mqttinfer worker`, a worker that connects to any MQTT
-// broker and takes requests through a shared subscription.
+// broker and takes requests through a shared subscription. Its connection
+// settings (Broker, Username, Password, the TLS files) are also those of the
+// client commands sim, watch, models and chat.
 type Remote struct {
-	// Broker is the broker URL, e.g. "tcp://127.0.0.1:1883".
+	// Broker is the broker URL, e.g. "tcp://127.0.0.1:1883" or
+	// "unix:///run/mqtt.sock". Load turns "host:port" into "tcp://host:port".
 	Broker string `mapstructure:"broker" yaml:"broker"`
 	// Group is the shared-subscription group the workers split requests in.
 	Group string `mapstructure:"group" yaml:"group"`
 	// ClientID is the worker's MQTT client id; Load and Default fill in
-	// "mqttinfer-worker-<node>" (cut to 64 bytes) when it is empty.
+	// "<prefix>-worker-<8 random hex digits>" when it is empty (the prefix
+	// made into a valid id, the random part drawn once per process).
 	ClientID string `mapstructure:"client_id" yaml:"client_id"`
 	// Username for the broker, if it needs one.
 	Username string `mapstructure:"username" yaml:"username"`
 	// Password for the broker; YAML shows it as "***".
 	Password string `mapstructure:"password" yaml:"password"`
+	// TLSCAFile is a PEM file of the certificate authorities trusted to sign
+	// the broker's certificate, instead of the system's; "" = the system's.
+	TLSCAFile string `mapstructure:"tls_ca_file" yaml:"tls_ca_file"`
+	// TLSCertFile is a PEM client certificate shown to the broker; it needs
+	// TLSKeyFile.
+	TLSCertFile string `mapstructure:"tls_cert_file" yaml:"tls_cert_file"`
+	// TLSKeyFile is the PEM private key of TLSCertFile.
+	TLSKeyFile string `mapstructure:"tls_key_file" yaml:"tls_key_file"`
+	// TLSServerName is the name the broker's certificate must carry, when it
+	// is not the host of Broker; "" = that host.
+	TLSServerName string `mapstructure:"tls_server_name" yaml:"tls_server_name"`
 	// Throttle enforces the throttle.* limits in the worker, for brokers
 	// that do not run mqttinfer's broker hooks.
 	Throttle bool `mapstructure:"throttle" yaml:"throttle"`
@@ -155,6 +173,9 @@ type Remote struct {
 	// DedupTTL is how long a request id is remembered so that a redelivered
 	// request is answered from cache instead of being run again.
 	DedupTTL time.Duration `mapstructure:"dedup_ttl" yaml:"dedup_ttl"`
+	// HTTPAddr is the worker's HTTP listener for /metrics, /healthz and
+	// /readyz (host:port); "" disables it.
+	HTTPAddr string `mapstructure:"http_addr" yaml:"http_addr"`
 }
 
 // PoolSize is the effective number of concurrent inferences: Concurrency, or
@@ -240,7 +261,7 @@ func Default() Config {
 }
 
 // defaults are the defaults as Load layers them: derived values (the remote
-// client id) are left empty so that they follow a node set later.
+// client id) are left empty so that they follow a prefix set later.
 func defaults() Config {
 	return Config{
 		Node:      hostNode(),
@@ -294,7 +315,10 @@ func defaults() Config {
 // collections to nil, so that equal configurations compare equal.
 func (c *Config) resolve() {
 	if c.Remote.ClientID == "" {
-		c.Remote.ClientID = clip("mqttinfer-worker-"+c.Node, topics.MaxIDLen)
+		c.Remote.ClientID = workerClientID(c.Prefix, instance())
+	}
+	if c.Remote.Broker != "" && !strings.Contains(c.Remote.Broker, "://") {
+		c.Remote.Broker = "tcp://" + c.Remote.Broker
 	}
 	if len(c.Models.Costs) == 0 {
 		c.Models.Costs = nil
@@ -356,6 +380,27 @@ func sanitizeID(s string) string {
 		return topics.DefaultPrefix
 	}
 	return clip(string(b), topics.MaxIDLen)
+}
+
+// instance is this process's random part of derived client ids: 8 hex
+// digits drawn once, so that Load and Default agree within one process and
+// two processes on one broker do not.
+var instance = sync.OnceValue(func() string {
+	var b [4]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
+	return hex.EncodeToString(b[:])
+})
+
+// workerClientID is the default client id of `mqttinfer worker`:
+// "<prefix>-worker-<random>", with the prefix's characters outside
+// [A-Za-z0-9._-] ('/' included) made '-' and the prefix cut so that the
+// whole id fits in topics.MaxIDLen bytes with random kept whole at the end.
+// Deriving it from the prefix keeps the workers of two services that share a
+// broker (a public demo broker) apart; random keeps two workers of one
+// service apart.
+func workerClientID(prefix, random string) string {
+	suffix := "-worker-" + random
+	return clip(sanitizeID(prefix), max(topics.MaxIDLen-len(suffix), 1)) + suffix
 }
 
 func clip(s string, n int) string {

@@ -173,7 +173,8 @@ func TestOptionsCoverFields(t *testing.T) {
 	for _, l := range leaves() {
 		keys[l.key] = true
 	}
-	seen, flagsSeen := map[string]bool{}, map[string]bool{FlagConfig: true}
+	seen := map[string]bool{}
+	flagsSeen := map[Command]map[string]string{} // command → flag → key
 	for _, o := range options {
 		if !keys[o.key] {
 			t.Errorf("option %q is not a field of Config", o.key)
@@ -182,12 +183,22 @@ func TestOptionsCoverFields(t *testing.T) {
 			t.Errorf("option %q documented twice", o.key)
 		}
 		seen[o.key] = true
-		if o.flag != "" && flagsSeen[o.flag] {
-			t.Errorf("flag --%s used twice", o.flag)
+		if (o.flag == "") != (o.usage == "") || (o.flag == "") != (o.on == 0) || (o.alias != "" && o.flag == "") {
+			t.Errorf("option %q: a flag needs a usage and commands, and an alias needs a flag", o.key)
 		}
-		flagsSeen[o.flag] = true
-		if (o.flag == "") != (o.usage == "") {
-			t.Errorf("option %q: a flag needs a usage and a usage a flag", o.key)
+		for _, n := range commandNames {
+			if o.on&n.cmd == 0 {
+				continue
+			}
+			if flagsSeen[n.cmd] == nil {
+				flagsSeen[n.cmd] = map[string]string{FlagConfig: "the config file"}
+			}
+			for _, f := range []string{o.flag, o.alias} {
+				if other, dup := flagsSeen[n.cmd][f]; f != "" && dup {
+					t.Errorf("%s: flag --%s sets both %s and %s", n.name, f, other, o.key)
+				}
+				flagsSeen[n.cmd][f] = o.key
+			}
 		}
 		if o.doc == "" {
 			t.Errorf("option %q has no doc", o.key)

@@ -27,7 +27,14 @@ import (
 //     MQTTINFER_THROTTLE_RATE); an empty value counts (MQTTINFER_MQTT_WS_ADDR=
 //     disables the listener). Maps and lists take YAML flow syntax:
 //     MQTTINFER_MODELS_COSTS='{anomaly: 1}';
-//  4. the flags of fs (registered by BindFlags) that were set on the command line.
+//  4. the flags of fs registered by BindFlags (for any command) that were set
+//     on the command line; other flags of fs are left alone. A flag and its
+//     alias both set is an error.
+//
+// A MQTTINFER_* variable that names no option is an error naming it, like an
+// unknown key in the file; the exceptions are listed in REFERENCE.md
+// ($MQTTINFER_CONFIG, the variable named by models.chat.api_key_env, and
+// MQTTINFER_REQUIRE_TESTDATA).
 //
 // fs may be nil. Durations are strings with a unit ("5s", "10m"); a bare
 // number for a duration is an error. Keys are case-insensitive and read in
@@ -63,19 +70,10 @@ func Load(fs *pflag.FlagSet) (Config, error) {
 		}
 	}
 
-	if fs != nil {
-		byFlag := map[string]string{}
-		for _, o := range options {
-			if o.flag != "" {
-				byFlag[o.flag] = o.key
-			}
-		}
-		fs.Visit(func(f *pflag.Flag) {
-			if key, ok := byFlag[f.Name]; ok {
-				v.Set(key, f.Value.String())
-			}
-		})
+	if err := setFlags(v, fs); err != nil {
+		return Config{}, err
 	}
+	envErr := checkEnv(os.Environ(), v.GetString("models.chat.api_key_env"))
 
 	var c Config
 	err = v.UnmarshalExact(&c, func(dc *mapstructure.DecoderConfig) {
@@ -86,10 +84,76 @@ func Load(fs *pflag.FlagSet) (Config, error) {
 		)
 	})
 	if err != nil {
-		return Config{}, decodeErrors(err, func(key string) string { return source(key, path, fs) })
+		return Config{}, errors.Join(envErr, decodeErrors(err, func(key string) string { return source(key, path, fs) }))
+	}
+	if envErr != nil {
+		return Config{}, envErr
 	}
 	c.resolve()
 	return c, nil
+}
+
+// setFlags sets in v the keys of the flags of fs that were set.
+func setFlags(v *viper.Viper, fs *pflag.FlagSet) error {
+	if fs == nil {
+		return nil
+	}
+	byKey := map[string][]*pflag.Flag{}
+	var keys []string
+	fs.Visit(func(f *pflag.Flag) {
+		if key := flagKey(f); key != "" {
+			if byKey[key] == nil {
+				keys = append(keys, key)
+			}
+			byKey[key] = append(byKey[key], f)
+		}
+	})
+	var errs []error
+	for _, key := range keys {
+		if fl := byKey[key]; len(fl) > 1 {
+			errs = append(errs, fmt.Errorf("--%s and --%s both set %s: give only one of them", fl[0].Name, fl[1].Name, key))
+			continue
+		}
+		v.Set(key, byKey[key][0].Value.String())
+	}
+	return errors.Join(errs...)
+}
+
+// checkEnv reports every variable of environ (NAME=value) whose name starts
+// with MQTTINFER_ but is neither an option's nor one of otherEnv, with a
+// suggestion when a name is close. apiKeyEnv is the effective
+// models.chat.api_key_env.
+func checkEnv(environ []string, apiKeyEnv string) error {
+	known := map[string]bool{}
+	var names []candidate
+	for _, l := range leaves() {
+		names = append(names, candidate{envName(l.key), strings.ToUpper(l.key[strings.LastIndex(l.key, ".")+1:])})
+	}
+	for _, e := range otherEnv(apiKeyEnv) {
+		names = append(names, candidate{e.name, e.name})
+	}
+	for _, n := range names {
+		known[n.full] = true
+	}
+	defaultKeyEnv := defaults().Models.Chat.APIKeyEnv
+	var errs []error
+	for _, kv := range slices.Sorted(slices.Values(environ)) {
+		v, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(v, EnvPrefix+"_") || known[v] {
+			continue
+		}
+		msg := fmt.Sprintf("unknown variable %q", v)
+		if v == defaultKeyEnv {
+			msg += fmt.Sprintf(" (models.chat.api_key_env is %q: the chat key is read from that variable instead)", apiKeyEnv)
+		} else if s := suggest(v, "_", names); s != "" {
+			msg += fmt.Sprintf(" (did you mean %q?)", s)
+		}
+		errs = append(errs, errors.New(msg))
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("environment: %w", err)
+	}
+	return nil
 }
 
 // decodeErrors rewrites mapstructure's errors as "key (from source): problem",
@@ -125,16 +189,19 @@ func source(key, path string, fs *pflag.FlagSet) string {
 	if i := strings.IndexByte(key, '['); i >= 0 {
 		key = key[:i]
 	}
-	for _, o := range options {
-		if o.key != key {
-			continue
-		}
-		if o.flag != "" && fs != nil && fs.Changed(o.flag) {
-			return "--" + o.flag
-		}
-		if _, ok := os.LookupEnv(envName(key)); ok {
-			return envName(key)
-		}
+	from := ""
+	if fs != nil {
+		fs.Visit(func(f *pflag.Flag) {
+			if flagKey(f) == key {
+				from = "--" + f.Name
+			}
+		})
+	}
+	if from != "" {
+		return from
+	}
+	if _, ok := os.LookupEnv(envName(key)); ok {
+		return envName(key)
 	}
 	if path != "" {
 		return "file " + path
@@ -174,10 +241,10 @@ func configPath(fs *pflag.FlagSet) (string, error) {
 // suggestion when one is close.
 func checkKeys(keys []string) error {
 	known := map[string]bool{}
-	var names []string
+	var names []candidate
 	for _, l := range leaves() {
 		known[l.key] = true
-		names = append(names, l.key)
+		names = append(names, candidate{l.key, l.key[strings.LastIndex(l.key, ".")+1:]})
 	}
 	secs := sections()
 	slices.Sort(keys)
@@ -191,7 +258,7 @@ func checkKeys(keys []string) error {
 			errs = append(errs, fmt.Errorf("%q must be a mapping of options, not a single value", k))
 		default:
 			msg := fmt.Sprintf("unknown key %q", k)
-			if s := suggest(k, names); s != "" {
+			if s := suggest(k, ".", names); s != "" {
 				msg += fmt.Sprintf(" (did you mean %q?)", s)
 			}
 			errs = append(errs, errors.New(msg))
@@ -200,18 +267,21 @@ func checkKeys(keys []string) error {
 	return errors.Join(errs...)
 }
 
-// suggest returns the option closest to k: one with the same last part, or
-// within a small edit distance.
-func suggest(k string, names []string) string {
-	last := k[strings.LastIndex(k, ".")+1:]
+// candidate is a known name and its last part: the key "throttle.burst" and
+// "burst", or the variable "MQTTINFER_THROTTLE_BURST" and "BURST".
+type candidate struct{ full, last string }
+
+// suggest returns the known name closest to k: one with the same last part
+// (after sep), or within a small edit distance.
+func suggest(k, sep string, known []candidate) string {
 	best, bestD := "", 4
-	for _, n := range names {
-		d := editDistance(k, n)
-		if n[strings.LastIndex(n, ".")+1:] == last {
+	for _, n := range known {
+		d := editDistance(k, n.full)
+		if strings.HasSuffix(sep+k, sep+n.last) {
 			d = min(d, 2)
 		}
 		if d < bestD {
-			best, bestD = n, d
+			best, bestD = n.full, d
 		}
 	}
 	return best

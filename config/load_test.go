@@ -1,6 +1,7 @@
 package config
 
 import (
+	"cmp"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -17,16 +18,16 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // builtin is the model list tests validate against.
 var builtin = []string{"anomaly", "vad", "ocr", "detect", "chat"}
 
-// isolate clears every MQTTINFER_* variable Load reads and moves into an
-// empty directory, so that neither the environment nor a stray
-// ./mqttinfer.yaml changes what a test loads.
+// isolate clears every MQTTINFER_* variable and moves into an empty
+// directory, so that neither the environment nor a stray ./mqttinfer.yaml
+// changes what a test loads.
 func isolate(t *testing.T) {
 	t.Helper()
-	names := []string{EnvConfigFile}
-	for _, l := range leaves() {
-		names = append(names, envName(l.key))
-	}
-	for _, n := range names {
+	for _, kv := range os.Environ() {
+		n, _, _ := strings.Cut(kv, "=")
+		if !strings.HasPrefix(n, EnvPrefix+"_") {
+			continue
+		}
 		t.Setenv(n, "") // restores the old value at cleanup
 		if err := os.Unsetenv(n); err != nil {
 			t.Fatal(err)
@@ -44,10 +45,17 @@ func writeFile(t *testing.T, name, content string) string {
 	return p
 }
 
+// flags parses args with the flags of serve.
 func flags(t *testing.T, args ...string) *pflag.FlagSet {
 	t.Helper()
-	fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
-	BindFlags(fs)
+	return flagsOf(t, ServeCmd, args...)
+}
+
+// flagsOf parses args with the flags of cmd.
+func flagsOf(t *testing.T, cmd Command, args ...string) *pflag.FlagSet {
+	t.Helper()
+	fs := pflag.NewFlagSet(cmd.String(), pflag.ContinueOnError)
+	BindFlags(fs, cmd)
 	if err := fs.Parse(args); err != nil {
 		t.Fatalf("parse %v: %v", args, err)
 	}
@@ -61,8 +69,11 @@ func TestDefaultValidates(t *testing.T) {
 			t.Errorf("Default().Validate(%v): %v", known, err)
 		}
 	}
-	if !strings.HasPrefix(d.Remote.ClientID, "mqttinfer-worker-") {
-		t.Errorf("default remote.client_id = %q, want mqttinfer-worker-<node>", d.Remote.ClientID)
+	if want := "mqttinfer-worker-" + instance(); d.Remote.ClientID != want {
+		t.Errorf("default remote.client_id = %q, want %q", d.Remote.ClientID, want)
+	}
+	if again := Default(); again.Remote.ClientID != d.Remote.ClientID {
+		t.Errorf("a second Default() has client id %q, the first %q: the random part must be drawn once", again.Remote.ClientID, d.Remote.ClientID)
 	}
 }
 
@@ -84,6 +95,7 @@ func TestPrecedence(t *testing.T) {
 		name string
 		file string // YAML, "" for no file
 		env  map[string]string
+		cmd  Command // whose flags args are; serve when 0
 		args []string
 		want func(c *Config) // changes from Default()
 	}{
@@ -128,7 +140,6 @@ func TestPrecedence(t *testing.T) {
 				c.LogLevel = "debug"
 				c.HTTP.Addr = "127.0.0.1:9000"
 				c.Node = "n1"
-				c.Remote.ClientID = "mqttinfer-worker-n1"
 			},
 		},
 		{
@@ -145,8 +156,8 @@ func TestPrecedence(t *testing.T) {
 		{
 			name: "bools and durations everywhere",
 			file: "auth:\n  enabled: true\n  credentials_file: creds.yaml\nworker:\n  default_deadline: 2s\n",
-			env:  map[string]string{"MQTTINFER_WORKER_IN_PROCESS": "false", "MQTTINFER_REMOTE_DEDUP_TTL": "5m"},
-			args: []string{"--throttle=false", "--worker-throttle"},
+			env:  map[string]string{"MQTTINFER_WORKER_IN_PROCESS": "false", "MQTTINFER_REMOTE_DEDUP_TTL": "5m", "MQTTINFER_REMOTE_THROTTLE": "true"},
+			args: []string{"--throttle=false"},
 			want: func(c *Config) {
 				c.Auth = Auth{Enabled: true, CredentialsFile: "creds.yaml"}
 				c.Worker.DefaultDeadline = 2 * time.Second
@@ -157,9 +168,14 @@ func TestPrecedence(t *testing.T) {
 			},
 		},
 		{
-			name: "node follows into the client id; an explicit client id stays",
-			env:  map[string]string{"MQTTINFER_NODE": "edge-7"},
-			want: func(c *Config) { c.Node = "edge-7"; c.Remote.ClientID = "mqttinfer-worker-edge-7" },
+			name: "the prefix follows into the client id",
+			env:  map[string]string{"MQTTINFER_PREFIX": "site/7"},
+			want: func(c *Config) { c.Prefix = "site/7"; c.Remote.ClientID = "site-7-worker-" + instance() },
+		},
+		{
+			name: "host:port is a tcp:// broker",
+			env:  map[string]string{"MQTTINFER_REMOTE_BROKER": "broker.example:1884"},
+			want: func(c *Config) { c.Remote.Broker = "tcp://broker.example:1884" },
 		},
 		{
 			name: "explicit client id",
@@ -217,25 +233,72 @@ throttle:
 			want: func(c *Config) { c.MQTT.TCPAddr = "127.0.0.1:1" },
 		},
 		{
-			name: "every flag",
+			name: "every flag of serve",
 			args: []string{
 				"--node=n2", "--prefix=p/q", "--log-level=warn", "--log-format=json",
 				"--mqtt-addr=:1", "--ws-addr=:2", "--max-packet-size=1000", "--max-request-size=900",
-				"--max-clients=3", "--http-addr=:4", "--auth", "--credentials=c.yaml",
+				"--max-clients=3", "--http-addr=:4", "--pprof", "--auth", "--credentials=c.yaml",
 				"--throttle=false", "--throttle-rate=0.5", "--throttle-burst=2", "--throttle-in-flight=1",
 				"--in-process=false", "--concurrency=3", "--queue-size=5",
-				"--broker=ws://h:80/mqtt", "--group=g", "--client-id=cid", "--username=u",
-				"--worker-throttle", "--worker-concurrency=6",
+				"--models-dir=m", "--model-threads=2", "--chat-url=http://h/v1", "--chat-model=llm",
 			},
 			want: func(c *Config) {
 				c.Node, c.Prefix, c.LogLevel, c.LogFormat = "n2", "p/q", "warn", "json"
 				c.MQTT.TCPAddr, c.MQTT.WSAddr, c.MQTT.MaxPacketSize, c.MQTT.MaxRequestSize = ":1", ":2", 1000, 900
-				c.MQTT.MaxClients, c.HTTP.Addr = 3, ":4"
+				c.MQTT.MaxClients, c.HTTP.Addr, c.HTTP.Pprof = 3, ":4", true
 				c.Auth = Auth{Enabled: true, CredentialsFile: "c.yaml"}
 				c.Throttle.Enabled, c.Throttle.Rate, c.Throttle.Burst, c.Throttle.MaxInFlight = false, 0.5, 2, 1
 				c.Worker.InProcess, c.Worker.Concurrency, c.Worker.QueueSize = false, 3, 5
+				c.Models.Dir, c.Models.Threads, c.Models.Chat.BaseURL, c.Models.Chat.Model = "m", 2, "http://h/v1", "llm"
+			},
+		},
+		{
+			name: "every flag of worker",
+			cmd:  WorkerCmd,
+			args: []string{
+				"--node=n2", "--prefix=p/q", "--log-level=warn", "--log-format=json", "--max-request-size=900",
+				"--throttle-rate=0.5", "--throttle-burst=2", "--throttle-in-flight=1", "--queue-size=5",
+				"--broker=ws://h:80/mqtt", "--group=g", "--client-id=cid", "--username=u",
+				"--ca-file=ca.pem", "--cert-file=c.pem", "--key-file=k.pem", "--tls-server-name=b.example",
+				"--throttle", "--concurrency=6", "--http-addr=:9100",
+				"--models-dir=m", "--model-threads=2", "--chat-url=http://h/v1", "--chat-model=llm",
+			},
+			want: func(c *Config) {
+				c.Node, c.Prefix, c.LogLevel, c.LogFormat, c.MQTT.MaxRequestSize = "n2", "p/q", "warn", "json", 900
+				c.Throttle.Rate, c.Throttle.Burst, c.Throttle.MaxInFlight, c.Worker.QueueSize = 0.5, 2, 1, 5
 				c.Remote.Broker, c.Remote.Group, c.Remote.ClientID, c.Remote.Username = "ws://h:80/mqtt", "g", "cid", "u"
-				c.Remote.Throttle, c.Remote.Concurrency = true, 6
+				c.Remote.TLSCAFile, c.Remote.TLSCertFile, c.Remote.TLSKeyFile, c.Remote.TLSServerName = "ca.pem", "c.pem", "k.pem", "b.example"
+				c.Remote.Throttle, c.Remote.Concurrency, c.Remote.HTTPAddr = true, 6, ":9100"
+				c.Models.Dir, c.Models.Threads, c.Models.Chat.BaseURL, c.Models.Chat.Model = "m", 2, "http://h/v1", "llm"
+			},
+		},
+		{
+			name: "the worker's aliases",
+			cmd:  WorkerCmd,
+			args: []string{"--worker-throttle", "--worker-concurrency=2"},
+			want: func(c *Config) { c.Remote.Throttle, c.Remote.Concurrency = true, 2 },
+		},
+		{
+			name: "every flag of the clients",
+			cmd:  ClientCmd,
+			args: []string{
+				"--prefix=p/q", "--broker=unix:///run/mqtt.sock", "--username=u", "--password=pw",
+				"--ca-file=ca.pem", "--cert-file=c.pem", "--key-file=k.pem", "--tls-server-name=b.example",
+			},
+			want: func(c *Config) {
+				c.Prefix, c.Remote.Broker, c.Remote.Username, c.Remote.Password = "p/q", "unix:///run/mqtt.sock", "u", "pw"
+				c.Remote.TLSCAFile, c.Remote.TLSCertFile, c.Remote.TLSKeyFile, c.Remote.TLSServerName = "ca.pem", "c.pem", "k.pem", "b.example"
+			},
+		},
+		{
+			name: "the clients read the connection from the file and the environment",
+			cmd:  ClientCmd,
+			file: "prefix: site1\nremote:\n  broker: ssl://b.example:8883\n  username: u\n  tls_ca_file: ca.pem\n",
+			env:  map[string]string{"MQTTINFER_REMOTE_PASSWORD": "pw"},
+			args: []string{"--username=v"},
+			want: func(c *Config) {
+				c.Prefix, c.Remote.Broker, c.Remote.Username, c.Remote.Password = "site1", "ssl://b.example:8883", "v", "pw"
+				c.Remote.TLSCAFile = "ca.pem"
 			},
 		},
 	}
@@ -249,7 +312,7 @@ throttle:
 			for k, v := range tt.env {
 				t.Setenv(k, v)
 			}
-			got, err := Load(flags(t, args...))
+			got, err := Load(flagsOf(t, cmp.Or(tt.cmd, ServeCmd), args...))
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
@@ -325,6 +388,7 @@ func TestLoadErrors(t *testing.T) {
 		name  string
 		file  string
 		env   map[string]string
+		cmd   Command // whose flags args are; serve when 0
 		args  []string
 		wants []string // substrings of the error
 	}{
@@ -345,6 +409,19 @@ func TestLoadErrors(t *testing.T) {
 		{name: "bad env number", env: map[string]string{"MQTTINFER_THROTTLE_RATE": "fast"}, wants: []string{"throttle.rate (from MQTTINFER_THROTTLE_RATE)", `"fast" is not a number`}},
 		{name: "bad env map", env: map[string]string{"MQTTINFER_MODELS_COSTS": "{anomaly: [}"}, wants: []string{"costs", "YAML flow syntax"}},
 		{name: "bad flag duration via env", env: map[string]string{"MQTTINFER_MQTT_SESSION_EXPIRY": "3600"}, wants: []string{"mqtt.session_expiry", `"3600" is not a duration`}},
+		{name: "unknown env", env: map[string]string{"MQTTINFER_FOO": "1"}, wants: []string{`environment: unknown variable "MQTTINFER_FOO"`}},
+		{name: "misspelt env", env: map[string]string{"MQTTINFER_THROTTLE_RAT": "1"}, wants: []string{`unknown variable "MQTTINFER_THROTTLE_RAT" (did you mean "MQTTINFER_THROTTLE_RATE"?)`}},
+		{name: "env in the wrong section", env: map[string]string{"MQTTINFER_WORKER_DEDUP_TTL": "1m"}, wants: []string{`"MQTTINFER_WORKER_DEDUP_TTL" (did you mean "MQTTINFER_REMOTE_DEDUP_TTL"?)`}},
+		{name: "every unknown env", env: map[string]string{"MQTTINFER_A": "", "MQTTINFER_B": "x"}, wants: []string{`"MQTTINFER_A"`, `"MQTTINFER_B"`}},
+		{name: "the default key variable when the file names another",
+			file: "models:\n  chat:\n    api_key_env: OPENAI_API_KEY\n", env: map[string]string{"MQTTINFER_CHAT_API_KEY": "sk"},
+			wants: []string{`unknown variable "MQTTINFER_CHAT_API_KEY" (models.chat.api_key_env is "OPENAI_API_KEY"`}},
+		{name: "unknown env and a bad value", env: map[string]string{"MQTTINFER_FOO": "1", "MQTTINFER_THROTTLE_BURST": "x"},
+			wants: []string{`unknown variable "MQTTINFER_FOO"`, "throttle.burst (from MQTTINFER_THROTTLE_BURST)"}},
+		{name: "a flag and its alias", cmd: WorkerCmd, args: []string{"--throttle", "--worker-throttle=false"},
+			wants: []string{"--throttle and --worker-throttle both set remote.throttle: give only one of them"}},
+		{name: "worker flag named in errors", cmd: WorkerCmd, args: []string{"--http-addr=x"}, env: map[string]string{"MQTTINFER_REMOTE_CONCURRENCY": "many"},
+			wants: []string{"remote.concurrency (from MQTTINFER_REMOTE_CONCURRENCY)"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -356,7 +433,7 @@ func TestLoadErrors(t *testing.T) {
 			for k, v := range tt.env {
 				t.Setenv(k, v)
 			}
-			_, err := Load(flags(t, args...))
+			_, err := Load(flagsOf(t, cmp.Or(tt.cmd, ServeCmd), args...))
 			if err == nil {
 				t.Fatal("Load succeeded, want an error")
 			}
@@ -371,23 +448,105 @@ func TestLoadErrors(t *testing.T) {
 }
 
 // TestFlagDefaultsAreTheDefaults checks that help shows the real defaults:
-// giving each flag its own default value changes nothing.
+// giving each flag of each command its own default value changes nothing.
 func TestFlagDefaultsAreTheDefaults(t *testing.T) {
 	isolate(t)
-	for _, o := range options {
-		if o.flag == "" {
-			continue
-		}
-		f := flags(t).Lookup(o.flag)
-		if f == nil {
-			t.Fatalf("flag --%s not registered", o.flag)
-		}
-		c, err := Load(flags(t, "--"+o.flag+"="+f.DefValue))
-		if err != nil {
-			t.Fatalf("--%s=%s: %v", o.flag, f.DefValue, err)
-		}
-		if !reflect.DeepEqual(c, Default()) {
-			t.Errorf("--%s=%s (its help default) gives %+v, want Default()", o.flag, f.DefValue, c)
-		}
+	for _, cmd := range []Command{ServeCmd, WorkerCmd, ClientCmd} {
+		flagsOf(t, cmd).VisitAll(func(f *pflag.Flag) {
+			if f.Name == FlagConfig {
+				return
+			}
+			c, err := Load(flagsOf(t, cmd, "--"+f.Name+"="+f.DefValue))
+			if err != nil {
+				t.Fatalf("%s --%s=%s: %v", cmd, f.Name, f.DefValue, err)
+			}
+			if !reflect.DeepEqual(c, Default()) {
+				t.Errorf("%s --%s=%s (its help default) gives %+v, want Default()", cmd, f.Name, f.DefValue, c)
+			}
+		})
+	}
+}
+
+// TestCommandFlags pins the flags of each command: only those of the
+// options it uses, under the names scripts use.
+func TestCommandFlags(t *testing.T) {
+	tests := []struct {
+		cmd  Command
+		want map[string]string // flag → key it sets
+	}{
+		{ServeCmd, map[string]string{
+			"node": "node", "prefix": "prefix", "log-level": "log_level", "log-format": "log_format",
+			"mqtt-addr": "mqtt.tcp_addr", "ws-addr": "mqtt.ws_addr", "max-packet-size": "mqtt.max_packet_size",
+			"max-request-size": "mqtt.max_request_size", "max-clients": "mqtt.max_clients",
+			"http-addr": "http.addr", "pprof": "http.pprof", "auth": "auth.enabled", "credentials": "auth.credentials_file",
+			"throttle": "throttle.enabled", "throttle-rate": "throttle.rate", "throttle-burst": "throttle.burst",
+			"throttle-in-flight": "throttle.max_in_flight", "in-process": "worker.in_process",
+			"concurrency": "worker.concurrency", "queue-size": "worker.queue_size",
+			"models-dir": "models.dir", "model-threads": "models.threads", "chat-url": "models.chat.base_url", "chat-model": "models.chat.model",
+		}},
+		{WorkerCmd, map[string]string{
+			"node": "node", "prefix": "prefix", "log-level": "log_level", "log-format": "log_format", "max-request-size": "mqtt.max_request_size",
+			"throttle-rate": "throttle.rate", "throttle-burst": "throttle.burst", "throttle-in-flight": "throttle.max_in_flight", "queue-size": "worker.queue_size",
+			"broker": "remote.broker", "group": "remote.group", "client-id": "remote.client_id", "username": "remote.username",
+			"ca-file": "remote.tls_ca_file", "cert-file": "remote.tls_cert_file", "key-file": "remote.tls_key_file", "tls-server-name": "remote.tls_server_name",
+			"throttle": "remote.throttle", "worker-throttle": "remote.throttle", "concurrency": "remote.concurrency", "worker-concurrency": "remote.concurrency",
+			"http-addr": "remote.http_addr", "models-dir": "models.dir", "model-threads": "models.threads", "chat-url": "models.chat.base_url", "chat-model": "models.chat.model",
+		}},
+		{ClientCmd, map[string]string{
+			"prefix": "prefix", "broker": "remote.broker", "username": "remote.username", "password": "remote.password",
+			"ca-file": "remote.tls_ca_file", "cert-file": "remote.tls_cert_file", "key-file": "remote.tls_key_file",
+			"tls-server-name": "remote.tls_server_name",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.cmd.String(), func(t *testing.T) {
+			got := map[string]string{}
+			flagsOf(t, tt.cmd).VisitAll(func(f *pflag.Flag) {
+				if f.Name != FlagConfig {
+					got[f.Name] = flagKey(f)
+				}
+			})
+			if !reflect.DeepEqual(got, tt.want) {
+				for name, key := range got {
+					if tt.want[name] != key {
+						t.Errorf("--%s sets %q, want %q", name, key, tt.want[name])
+					}
+				}
+				for name := range tt.want {
+					if _, ok := got[name]; !ok {
+						t.Errorf("--%s missing", name)
+					}
+				}
+			}
+		})
+	}
+}
+
+// TestEnvNotOptions checks that the variables that are not options but are
+// read (or reserved) are not reported as unknown.
+func TestEnvNotOptions(t *testing.T) {
+	for _, tt := range []struct {
+		name string
+		file string
+		env  []string
+	}{
+		{name: "defaults", env: []string{EnvConfigFile, "MQTTINFER_CHAT_API_KEY", "MQTTINFER_REQUIRE_TESTDATA"}},
+		{name: "a key variable of another name", file: "models:\n  chat:\n    api_key_env: MQTTINFER_OPENAI_KEY\n",
+			env: []string{"MQTTINFER_OPENAI_KEY", "MQTTINFER_REQUIRE_TESTDATA"}},
+		{name: "the key variable's name from the environment", env: []string{"MQTTINFER_MODELS_CHAT_API_KEY_ENV=MQTTINFER_KEY2", "MQTTINFER_KEY2"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			isolate(t)
+			t.Setenv(EnvConfigFile, writeFile(t, "c.yaml", tt.file+"\n"))
+			for _, e := range tt.env {
+				name, val, _ := strings.Cut(e, "=")
+				if name != EnvConfigFile {
+					t.Setenv(name, cmp.Or(val, "x"))
+				}
+			}
+			if _, err := Load(nil); err != nil {
+				t.Fatalf("Load: %v", err)
+			}
+		})
 	}
 }

@@ -21,12 +21,71 @@ const FlagConfig = "config"
 // DefaultFile is the config file Load reads when no path is given and it exists.
 const DefaultFile = "mqttinfer.yaml"
 
+// envVar is an environment variable that is not an option.
+type envVar struct {
+	name string
+	doc  string // for REFERENCE.md
+}
+
+// otherEnv lists the MQTTINFER_* variables that are not options, the only
+// ones Load does not report as unknown besides the options' own. apiKeyEnv
+// is the effective models.chat.api_key_env.
+func otherEnv(apiKeyEnv string) []envVar {
+	return []envVar{
+		{EnvConfigFile, "Path of the config file, when `--config` is not given."},
+		{apiKeyEnv, "The chat server's API key, under its default name. Exempt is whichever variable `models.chat.api_key_env` names; when that is another name, this one is reported as unknown."},
+		{EnvPrefix + "_REQUIRE_TESTDATA", "Reserved for the test suite (`make test` exports it): tests that need Debian packages or model files fail instead of skipping. mqttinfer itself does not read it."},
+	}
+}
+
+// Command is a set of mqttinfer commands, as far as flags go: each option
+// says which commands have a flag for it, and BindFlags registers the flags
+// of one command. A command has a flag only for the options it uses, so a
+// flag that would do nothing there is an "unknown flag" error.
+type Command uint8
+
+// The commands that take configuration flags.
+const (
+	// ServeCmd is `mqttinfer serve`: the embedded broker, the in-process
+	// workers and the HTTP gateway.
+	ServeCmd Command = 1 << iota
+	// WorkerCmd is `mqttinfer worker`, a remote worker on any MQTT broker.
+	WorkerCmd
+	// ClientCmd is the client commands `sim`, `watch`, `models` and `chat`:
+	// they take the connection settings (broker, prefix, login, TLS) only.
+	ClientCmd
+)
+
+// commandNames names the bits of Command, in the order String lists them.
+var commandNames = []struct {
+	cmd  Command
+	name string
+}{{ServeCmd, "serve"}, {WorkerCmd, "worker"}, {ClientCmd, "clients"}}
+
+// String lists the commands of c: "serve", "worker, clients".
+func (c Command) String() string {
+	var names []string
+	for _, n := range commandNames {
+		if c&n.cmd != 0 {
+			names = append(names, n.name)
+		}
+	}
+	return strings.Join(names, ", ")
+}
+
 // option documents one configuration key. The table below is the only list of
 // options: flags, environment names and REFERENCE.md are derived from it, and
 // a test checks that it covers every field of Config.
 type option struct {
-	key  string // dotted YAML key
-	flag string // command-line flag, "" for none
+	key string // dotted YAML key
+	// flag is the command-line flag, "" for none, on the commands in on. One
+	// flag name may set different keys on different commands (--throttle is
+	// throttle.enabled on serve and remote.throttle on worker), never two
+	// keys on one command.
+	flag string
+	on   Command
+	// alias is a second name of the flag, kept for scripts, "" for none.
+	alias string
 	// usage is the flag's help text
 	usage string
 	unit  string // unit of the value, shown after the default
@@ -34,87 +93,104 @@ type option struct {
 	doc   string // meaning, for REFERENCE.md
 }
 
+// Shorthands for the table.
+const (
+	serve   = ServeCmd
+	worker  = WorkerCmd
+	clients = ClientCmd
+)
+
 var options = []option{
-	{key: "node", flag: "node", usage: "node id, used in the status topic and the worker's client id", def: "host name, sanitised",
-		doc: "Node id of this process, used in the status topic `<prefix>/<ver>/status/<node>` and in the remote worker's default client id. 1–64 bytes of `[A-Za-z0-9._-]`; by default the host name with other characters replaced by `-`."},
-	{key: "prefix", flag: "prefix", usage: "topic prefix of the service",
+	{key: "node", flag: "node", on: serve | worker, usage: "node id, used in the status topic", def: "host name, sanitised",
+		doc: "Node id of this process, used in the status topic `<prefix>/<ver>/status/<node>`. 1–64 bytes of `[A-Za-z0-9._-]`; by default the host name with other characters replaced by `-`."},
+	{key: "prefix", flag: "prefix", on: serve | worker | clients, usage: "topic prefix of the service",
 		doc: "Topic prefix of the service. On a shared broker (a public demo broker) use a random, private one."},
-	{key: "log_level", flag: "log-level", usage: "log level: debug, info, warn or error",
+	{key: "log_level", flag: "log-level", on: serve | worker, usage: "log level: debug, info, warn or error",
 		doc: "Log level: `debug`, `info`, `warn` or `error`."},
-	{key: "log_format", flag: "log-format", usage: "log format: text or json",
+	{key: "log_format", flag: "log-format", on: serve | worker, usage: "log format: text or json",
 		doc: "Log format: `text` or `json` (log/slog handlers)."},
 
-	{key: "mqtt.tcp_addr", flag: "mqtt-addr", usage: "MQTT over TCP listen address, host:port (\"\" disables)",
+	{key: "mqtt.tcp_addr", flag: "mqtt-addr", on: serve, usage: "MQTT over TCP listen address, host:port (\"\" disables)",
 		doc: "MQTT over TCP listener of the embedded broker, `host:port`. Empty disables it; port 0 picks a free port."},
-	{key: "mqtt.ws_addr", flag: "ws-addr", usage: "MQTT over WebSocket listen address, host:port (\"\" disables)",
+	{key: "mqtt.ws_addr", flag: "ws-addr", on: serve, usage: "MQTT over WebSocket listen address, host:port (\"\" disables)",
 		doc: "MQTT over WebSocket listener of the embedded broker, `host:port`. Empty disables it."},
-	{key: "mqtt.max_packet_size", flag: "max-packet-size", usage: "largest MQTT packet the broker reads, in bytes", unit: "bytes",
+	{key: "mqtt.max_packet_size", flag: "max-packet-size", on: serve, usage: "largest MQTT packet the broker reads, in bytes", unit: "bytes",
 		doc: "Largest MQTT packet the broker reads. A bigger packet closes the connection (MQTT 5 clients learn the limit in CONNACK). Keep it above `mqtt.max_request_size` so that an oversized request can still be read and answered 413. At most 268435455."},
-	{key: "mqtt.max_request_size", flag: "max-request-size", usage: "largest request payload, in bytes (bigger ones are answered 413)", unit: "bytes",
-		doc: "Largest request payload. A bigger request is answered 413 `payload_too_large` on the device's result topic. At most `mqtt.max_packet_size`."},
+	{key: "mqtt.max_request_size", flag: "max-request-size", on: serve | worker, usage: "largest request payload, in bytes (bigger ones are answered 413)", unit: "bytes",
+		doc: "Largest request payload, in the embedded broker and in `mqttinfer worker`. A bigger request is answered 413 `payload_too_large` on the device's result topic. At most `mqtt.max_packet_size`."},
 	{key: "mqtt.max_client_writes_pending", unit: "messages",
 		doc: "Outbound queue per client. When a slow client's queue is full, further messages to it are dropped and counted. Each slot costs memory per connected client."},
-	{key: "mqtt.max_clients", flag: "max-clients", usage: "most connected MQTT clients (0 = unlimited)", unit: "clients", def: "`0` (unlimited)",
+	{key: "mqtt.max_clients", flag: "max-clients", on: serve, usage: "most connected MQTT clients (0 = unlimited)", unit: "clients", def: "`0` (unlimited)",
 		doc: "Most clients connected at once; 0 means unlimited. Past it a client's CONNACK says server unavailable."},
 	{key: "mqtt.session_expiry", unit: "duration",
 		doc: "Longest time a disconnected persistent session (its subscriptions and queued QoS 1/2 messages) is kept. Clients that ask for longer get this. At least 1s."},
 
-	{key: "http.addr", flag: "http-addr", usage: "HTTP listen address for the gateway, /healthz, /readyz and /metrics (\"\" disables)",
-		doc: "HTTP listener: REST + SSE gateway, `/healthz`, `/readyz`, `/metrics`, `host:port`. Empty disables it."},
-	{key: "http.pprof", flag: "pprof", usage: "serve Go's profiler under /debug/pprof/",
+	{key: "http.addr", flag: "http-addr", on: serve, usage: "HTTP listen address for the gateway, /healthz, /readyz and /metrics (\"\" disables)",
+		doc: "HTTP listener of `mqttinfer serve`: REST + SSE gateway, `/healthz`, `/readyz`, `/metrics`, `host:port`. Empty disables it."},
+	{key: "http.pprof", flag: "pprof", on: serve, usage: "serve Go's profiler under /debug/pprof/",
 		doc: "Serve Go's profiler (`net/http/pprof`) under `/debug/pprof/` on the HTTP listener, to profile a running node (`go tool pprof http://127.0.0.1:8080/debug/pprof/profile`). Off by default: it exposes internals, so keep the listener private when it is on."},
 
-	{key: "auth.enabled", flag: "auth", usage: "require MQTT logins from the credentials file",
+	{key: "auth.enabled", flag: "auth", on: serve, usage: "require MQTT logins from the credentials file",
 		doc: "Require every MQTT client to log in with a username and password from `auth.credentials_file`; roles decide what it may publish and subscribe. Off is the open development mode: any client id connects and may watch results."},
-	{key: "auth.credentials_file", flag: "credentials", usage: "credentials file (YAML) used with --auth", unit: "path",
+	{key: "auth.credentials_file", flag: "credentials", on: serve, usage: "credentials file (YAML) used with --auth", unit: "path",
 		doc: "Credentials file (see below); required when `auth.enabled`. A relative path is relative to the working directory."},
 
-	{key: "throttle.enabled", flag: "throttle", usage: "throttle each device in the embedded broker",
+	{key: "throttle.enabled", flag: "throttle", on: serve, usage: "throttle each device in the embedded broker",
 		doc: "Throttle each device in the embedded broker with a token bucket and an in-flight limit. Rejected requests are answered 429 with `retry_after_ms` and never reach a worker."},
-	{key: "throttle.rate", flag: "throttle-rate", usage: "tokens per second added to each device's bucket", unit: "tokens/s",
+	{key: "throttle.rate", flag: "throttle-rate", on: serve | worker, usage: "tokens per second added to each device's bucket", unit: "tokens/s",
 		doc: "Tokens added to each device's bucket per second. A request costs its model's cost in tokens."},
-	{key: "throttle.burst", flag: "throttle-burst", usage: "size of each device's token bucket, in tokens", unit: "tokens",
+	{key: "throttle.burst", flag: "throttle-burst", on: serve | worker, usage: "size of each device's token bucket, in tokens", unit: "tokens",
 		doc: "Size of each device's bucket: the most tokens a device can spend at once. Must be at least every cost set in `models.costs`."},
-	{key: "throttle.max_in_flight", flag: "throttle-in-flight", usage: "requests of one device in progress at once", unit: "requests",
+	{key: "throttle.max_in_flight", flag: "throttle-in-flight", on: serve | worker, usage: "requests of one device in progress at once", unit: "requests",
 		doc: "Requests of one device in progress at once; more are answered 429."},
 	{key: "throttle.idle_ttl", unit: "duration",
 		doc: "A device's bucket is forgotten after this long without a request (the device starts again with a full bucket)."},
 	{key: "throttle.overrides", def: "none",
 		doc: "Other limits for devices whose id matches a pattern; the first match applies. A list of `{pattern, rate, burst, max_in_flight, costs}`: `pattern` is a `path.Match` glob on the device id (`cam-*`); a zero `rate`, `burst` or `max_in_flight` inherits the `throttle.*` value; `costs` (model → tokens) replaces `models.costs` for those devices."},
 
-	{key: "worker.in_process", flag: "in-process", usage: "run the in-process worker pool",
+	{key: "worker.in_process", flag: "in-process", on: serve, usage: "run the in-process worker pool",
 		doc: "Serve requests from a worker pool inside `mqttinfer serve`. Off: only remote workers (`mqttinfer worker`) answer."},
-	{key: "worker.concurrency", flag: "concurrency", usage: "inferences the in-process pool runs at once (0 = 2 x GOMAXPROCS)", unit: "inferences", def: "`0` (= 2 × GOMAXPROCS)",
-		doc: "Inferences the in-process pool runs at once; 0 means 2 × GOMAXPROCS."},
-	{key: "worker.queue_size", flag: "queue-size", usage: "requests that may wait for the in-process pool (then 503)", unit: "requests",
-		doc: "Requests waiting for the in-process pool. When it is full, new requests are answered 503 `overloaded`."},
+	{key: "worker.concurrency", flag: "concurrency", on: serve, usage: "inferences the in-process pool runs at once (0 = 2 x GOMAXPROCS)", unit: "inferences", def: "`0` (= 2 × GOMAXPROCS)",
+		doc: "Inferences the in-process pool of `mqttinfer serve` runs at once; 0 means 2 × GOMAXPROCS."},
+	{key: "worker.queue_size", flag: "queue-size", on: serve | worker, usage: "requests that may wait for a model (then 503 overloaded)", unit: "requests",
+		doc: "Requests waiting for a model: in the in-process pool of `mqttinfer serve`, and in `mqttinfer worker`. When it is full, new requests are answered 503 `overloaded`."},
 	{key: "worker.default_deadline", unit: "duration",
 		doc: "Deadline of a request that sets no `deadline_ms`. A request that waited longer is answered 408."},
 	{key: "worker.max_deadline", unit: "duration",
 		doc: "Cap on a request's `deadline_ms`. At least `worker.default_deadline`."},
 
-	{key: "remote.broker", flag: "broker", usage: "broker URL that mqttinfer worker connects to", unit: "URL",
-		doc: "Broker that `mqttinfer worker` connects to: `tcp://`, `mqtt://`, `ssl://`, `tls://`, `mqtts://`, `ws://`, `wss://` or `unix://`."},
-	{key: "remote.group", flag: "group", usage: "shared-subscription group of mqttinfer worker",
+	{key: "remote.broker", flag: "broker", on: worker | clients, usage: "broker URL: tcp://, ssl://, ws://, wss://, unix:///path ... (host:port = tcp://host:port)", unit: "URL",
+		doc: "Broker that `mqttinfer worker` and the client commands connect to: `tcp://`, `mqtt://`, `ssl://`, `tls://`, `mqtts://`, `ws://`, `wss://` or `unix:///path/to/socket`. `host:port` is short for `tcp://host:port`."},
+	{key: "remote.group", flag: "group", on: worker, usage: "shared-subscription group of the workers",
 		doc: "Shared-subscription group: the workers of one group split the requests between them (`$share/<group>/<prefix>/+/req/+/+`). A valid id."},
-	{key: "remote.client_id", flag: "client-id", usage: "MQTT client id of mqttinfer worker (default mqttinfer-worker-<node>)", def: "`mqttinfer-worker-<node>` (cut to 64 bytes)",
-		doc: "MQTT client id of `mqttinfer worker`. A valid id."},
-	{key: "remote.username", flag: "username", usage: "broker username of mqttinfer worker (password: $MQTTINFER_REMOTE_PASSWORD)",
-		doc: "Username for the broker of `mqttinfer worker`."},
-	{key: "remote.password",
-		doc: "Password for the broker of `mqttinfer worker`. No flag, so it does not show in the process list: use the file or the environment. Printed as `***`."},
-	{key: "remote.throttle", flag: "worker-throttle", usage: "throttle in mqttinfer worker (for brokers without mqttinfer's hooks)",
+	{key: "remote.client_id", flag: "client-id", on: worker, usage: "MQTT client id of the worker (default <prefix>-worker-<random>)", def: "`<prefix>-worker-<random>`",
+		doc: "MQTT client id of `mqttinfer worker`. A valid id. By default the prefix (characters outside `[A-Za-z0-9._-]`, `/` included, made `-`), `-worker-` and 8 random hex digits drawn at start, cut to 64 bytes at the prefix: two workers never share an id, and the workers of two services on one broker are told apart by their prefix."},
+	{key: "remote.username", flag: "username", on: worker | clients, usage: "broker username (password: $MQTTINFER_REMOTE_PASSWORD)",
+		doc: "Username for the broker of `mqttinfer worker` and the client commands."},
+	{key: "remote.password", flag: "password", on: clients, usage: "broker password (better: $MQTTINFER_REMOTE_PASSWORD, which the process list does not show)",
+		doc: "Password for the broker of `mqttinfer worker` and the client commands. Only the client commands have a flag for it, and a flag shows in the process list: prefer the file or the environment. Printed as `***`."},
+	{key: "remote.tls_ca_file", flag: "ca-file", on: worker | clients, usage: "PEM file of the CAs that sign the broker's certificate (default: the system's)", unit: "path",
+		doc: "PEM file of the certificate authorities trusted to sign the broker's certificate, for a broker with a private CA; they replace the system's. Empty: the system's roots. A relative path is relative to the working directory. The `remote.tls_*` options need a broker URL that uses TLS (`ssl://`, `tls://`, `mqtts://`, `wss://`); with another they are an error. The files are checked at start: a missing file, a file without a PEM certificate, or a key that does not match its certificate is an error naming the option and the file."},
+	{key: "remote.tls_cert_file", flag: "cert-file", on: worker | clients, usage: "PEM client certificate for the broker (with --key-file)", unit: "path",
+		doc: "PEM client certificate shown to a broker that asks for one (mutual TLS). Set together with `remote.tls_key_file`."},
+	{key: "remote.tls_key_file", flag: "key-file", on: worker | clients, usage: "PEM private key of --cert-file", unit: "path",
+		doc: "PEM private key of `remote.tls_cert_file`. Keep it readable only by the user that runs mqttinfer."},
+	{key: "remote.tls_server_name", flag: "tls-server-name", on: worker | clients, usage: "name the broker's certificate must carry (default: the broker URL's host)",
+		doc: "Name the broker's certificate must carry, when it is not the host of `remote.broker` (a broker reached by IP address or through a tunnel). Empty: that host."},
+	{key: "remote.throttle", flag: "throttle", on: worker, alias: "worker-throttle", usage: "throttle each device in the worker with the --throttle-* limits (for brokers without mqttinfer's hooks)",
 		doc: "Throttle in `mqttinfer worker` with the `throttle.*` limits, for brokers that do not run mqttinfer's hooks (Mosquitto, EMQX, HiveMQ)."},
-	{key: "remote.concurrency", flag: "worker-concurrency", usage: "inferences mqttinfer worker runs at once (0 = 2 x GOMAXPROCS)", unit: "inferences", def: "`0` (= 2 × GOMAXPROCS)",
+	{key: "remote.concurrency", flag: "concurrency", on: worker, alias: "worker-concurrency", usage: "inferences the worker runs at once (0 = 2 x GOMAXPROCS)", unit: "inferences", def: "`0` (= 2 × GOMAXPROCS)",
 		doc: "Inferences `mqttinfer worker` runs at once; 0 means 2 × GOMAXPROCS."},
 	{key: "remote.dedup_ttl", unit: "duration",
 		doc: "A request id seen again within this time (a QoS 1 redelivery) is answered from cache instead of being run again."},
+	{key: "remote.http_addr", flag: "http-addr", on: worker, usage: "HTTP listen address for /metrics, /healthz and /readyz, host:port (\"\" disables)", def: "empty (off)",
+		doc: "The worker's HTTP listener for `/metrics`, `/healthz` and `/readyz`, `host:port`. Empty disables it."},
 
 	{key: "models.costs", def: "none",
 		doc: "Tokens per request by model name (`{anomaly: 1, chat: 20}`), replacing the model's own cost."},
-	{key: "models.dir", flag: "models-dir", usage: "directory of the ONNX Runtime library and model files", unit: "path",
+	{key: "models.dir", flag: "models-dir", on: serve | worker, usage: "directory of the ONNX Runtime library and model files", unit: "path",
 		doc: "Directory with the ONNX Runtime library and the model files that `make models` fetches (checksums in `models.lock`). A relative path is relative to the working directory. When the runtime or a file is missing, the service still starts and the catalog marks the ONNX models unavailable, with the reason."},
-	{key: "models.threads", flag: "model-threads", usage: "intra-op threads per ONNX Runtime session", unit: "threads",
+	{key: "models.threads", flag: "model-threads", on: serve | worker, usage: "intra-op threads per ONNX Runtime session", unit: "threads",
 		doc: "Intra-op threads of each ONNX Runtime session. 1 is best when the worker pool runs many requests at once; more helps single large requests."},
 	{key: "models.anomaly.max_series", unit: "series",
 		doc: "Most (device, sensor) series the anomaly model tracks; beyond it the least recently used series is dropped."},
@@ -134,9 +210,9 @@ var options = []option{
 	{key: "models.detect.max_delay", unit: "duration",
 		doc: "Longest a detect request waits for others to fill its batch."},
 
-	{key: "models.chat.base_url", flag: "chat-url", usage: "OpenAI-compatible chat server API root (\"\" = chat off)", unit: "URL", def: "`\"\"` (off)",
+	{key: "models.chat.base_url", flag: "chat-url", on: serve | worker, usage: "OpenAI-compatible chat server API root (\"\" = chat off)", unit: "URL", def: "`\"\"` (off)",
 		doc: "API root of an OpenAI-compatible Chat Completions server: `http://127.0.0.1:11434/v1` (Ollama), `http://127.0.0.1:8080/v1` (llama.cpp's llama-server), `http://127.0.0.1:8000/v1` (vLLM), `https://api.openai.com/v1`. Empty switches the chat model off (the catalog lists it unavailable)."},
-	{key: "models.chat.model", flag: "chat-model", usage: "model name on the chat server",
+	{key: "models.chat.model", flag: "chat-model", on: serve | worker, usage: "model name on the chat server",
 		doc: "Model name on the chat server, e.g. `llama3.2:1b` (Ollama) or `gpt-4o-mini`. Required when `models.chat.base_url` is set."},
 	{key: "models.chat.api_key_env",
 		doc: "Name of the environment variable that holds the chat server's API key (sent as `Authorization: Bearer`). The key itself is never in the configuration, the logs or the catalog; an unset variable sends no key (Ollama, llama.cpp)."},
@@ -214,35 +290,57 @@ func field(c *Config, key string) reflect.Value {
 	return v
 }
 
-// BindFlags registers on fs the --config flag and one flag for each option
-// that has one (the Flag column of REFERENCE.md). The flags' defaults are the
-// defaults of Default, except --client-id, whose empty default means the
-// derived "mqttinfer-worker-<node>"; they only show in help. Load uses a
-// flag only when it was set on the command line, so an unset flag never
-// overrides the file or the environment. Call it once per flag set (pflag
-// panics on a flag defined twice).
-func BindFlags(fs *pflag.FlagSet) {
+// keyAnnotation is the pflag annotation in which BindFlags records the key
+// a flag sets, so that Load needs nothing but the flag set.
+const keyAnnotation = "mqttinfer/config-key"
+
+// BindFlags registers on fs the --config flag and the flags that cmd (one
+// command) has: one for each option whose Flag column in REFERENCE.md names
+// cmd, and its alias. The flags' defaults are the defaults of Default, except
+// --client-id, whose empty default means the derived
+// "<prefix>-worker-<random>"; they only show in help. Load uses a flag only
+// when it was set on the command line, so an unset flag never overrides the
+// file or the environment. Call it once per flag set (pflag panics on a flag
+// defined twice).
+func BindFlags(fs *pflag.FlagSet, cmd Command) {
 	fs.String(FlagConfig, "", "config file (YAML); default $"+EnvConfigFile+", else ./"+DefaultFile+" if it exists")
 	// Flag defaults come from defaults(), not Default(): a derived value
 	// such as the remote client id must not look as if it were set.
 	d := defaults()
 	for _, o := range options {
-		if o.flag == "" {
+		if o.on&cmd == 0 {
 			continue
 		}
 		v := field(&d, o.key)
-		usage := o.usage
-		switch {
-		case v.Type() == durationType:
-			fs.Duration(o.flag, v.Interface().(time.Duration), usage)
-		case v.Kind() == reflect.String:
-			fs.String(o.flag, v.String(), usage)
-		case v.Kind() == reflect.Int:
-			fs.Int(o.flag, int(v.Int()), usage)
-		case v.Kind() == reflect.Float64:
-			fs.Float64(o.flag, v.Float(), usage)
-		case v.Kind() == reflect.Bool:
-			fs.Bool(o.flag, v.Bool(), usage)
+		for _, name := range []string{o.flag, o.alias} {
+			if name == "" {
+				continue
+			}
+			usage := o.usage
+			if name == o.alias {
+				usage = "same as --" + o.flag
+			}
+			switch {
+			case v.Type() == durationType:
+				fs.Duration(name, v.Interface().(time.Duration), usage)
+			case v.Kind() == reflect.String:
+				fs.String(name, v.String(), usage)
+			case v.Kind() == reflect.Int:
+				fs.Int(name, int(v.Int()), usage)
+			case v.Kind() == reflect.Float64:
+				fs.Float64(name, v.Float(), usage)
+			case v.Kind() == reflect.Bool:
+				fs.Bool(name, v.Bool(), usage)
+			}
+			fs.Lookup(name).Annotations = map[string][]string{keyAnnotation: {o.key}}
 		}
 	}
+}
+
+// flagKey is the key a flag registered by BindFlags sets, "" for other flags.
+func flagKey(f *pflag.Flag) string {
+	if k := f.Annotations[keyAnnotation]; len(k) == 1 {
+		return k[0]
+	}
+	return ""
 }

@@ -31,6 +31,17 @@ Maps and lists in the environment take YAML flow syntax:
 ` + "`MQTTINFER_MODELS_COSTS='{anomaly: 1}'`" + `,
 ` + "`MQTTINFER_THROTTLE_OVERRIDES='[{pattern: cam-*, rate: 1}]'`" + `.
 Keys are case-insensitive and read in lower case, model names in ` + "`costs`" + ` included.
+A ` + "`" + EnvPrefix + "_*`" + ` variable that names no option is an error too, except those
+listed under [Other environment variables](#other-environment-variables).
+
+Each command has flags only for the options it uses, so a flag that would do
+nothing there is an error (` + "`unknown flag`" + `). The Flag column says which
+commands have it: ` + "`serve`" + `, ` + "`worker`" + `, and ` + "`clients`" + `, the client commands
+` + "`sim`, `watch`, `models` and `chat`" + ` (their other flags, such as ` + "`--devices`" + `, are
+not options). One flag name can set different keys on different commands:
+` + "`--throttle`" + ` is ` + "`throttle.enabled`" + ` on ` + "`serve`" + ` and ` + "`remote.throttle`" + ` on ` + "`worker`" + `;
+` + "`--concurrency`" + ` and ` + "`--http-addr`" + ` likewise. A second name after a comma is an
+alias, kept for scripts. Every one of these commands also has ` + "`--config`" + `.
 
 ` + "`mqttinfer serve --print-config`" + ` prints the effective configuration in the
 file's format. ` + "`config/mqttinfer.example.yaml`" + ` is a commented example.
@@ -40,12 +51,19 @@ file's format. ` + "`config/mqttinfer.example.yaml`" + ` is a commented example.
 `)
 	d := defaults()
 	for _, o := range options {
-		flag := ""
-		if o.flag != "" {
-			flag = "`--" + o.flag + "`"
-		}
-		fmt.Fprintf(&b, "| `%s` | `%s` | %s | %s | %s |\n", o.key, envName(o.key), flag,
+		fmt.Fprintf(&b, "| `%s` | `%s` | %s | %s | %s |\n", o.key, envName(o.key), flagText(o),
 			cell(defaultText(o, field(&d, o.key))), cell(o.doc))
+	}
+	b.WriteString(`
+## Other environment variables
+
+Besides the options' own, these ` + "`" + EnvPrefix + "_*`" + ` variables are not reported as unknown:
+
+| Variable | Meaning |
+| --- | --- |
+`)
+	for _, e := range otherEnv(d.Models.Chat.APIKeyEnv) {
+		fmt.Fprintf(&b, "| `%s` | %s |\n", e.name, cell(e.doc))
 	}
 	b.WriteString(`
 ## Credentials file
@@ -69,6 +87,18 @@ Usernames are 1–64 bytes of ` + "`[A-Za-z0-9._-]`" + ` and unique; passwords a
 and stored in plain text, so make the file readable only by the service.
 `)
 	return b.String()
+}
+
+// flagText is an option's Flag cell: "`--throttle`, `--worker-throttle` (worker)".
+func flagText(o option) string {
+	if o.flag == "" {
+		return ""
+	}
+	s := "`--" + o.flag + "`"
+	if o.alias != "" {
+		s += ", `--" + o.alias + "`"
+	}
+	return s + " (" + o.on.String() + ")"
 }
 
 func cell(s string) string { return strings.ReplaceAll(s, "|", `\|`) }

@@ -167,6 +167,14 @@ func (c Config) Validate(knownModels []string) error {
 		bad("remote.concurrency", r.Concurrency, "must be 0 (2 × GOMAXPROCS) or more")
 	}
 	positive(bad, "remote.dedup_ttl", r.DedupTTL)
+	// The worker's listener is in another process than serve's, so it may
+	// repeat one of their addresses.
+	if r.HTTPAddr != "" {
+		if err := checkAddr(r.HTTPAddr); err != nil {
+			bad("remote.http_addr", r.HTTPAddr, "%v", err)
+		}
+	}
+	errs = append(errs, r.checkTLS()...)
 
 	// Models.
 	if c.Models.Anomaly.MaxSeries < 1 {

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mqttinfer/mqttinfer/topics"
 )
 
 func TestValidate(t *testing.T) {
@@ -109,6 +111,8 @@ func TestValidate(t *testing.T) {
 		{name: "broker empty", change: func(c *Config) { c.Remote.Broker = "" }, wants: []string{`remote.broker = "": must be set`}},
 		{name: "broker other forms", change: func(c *Config) { c.Remote.Broker = "wss://broker.example:443/mqtt" }},
 		{name: "broker unix", change: func(c *Config) { c.Remote.Broker = "unix:///run/mqtt.sock" }},
+		{name: "worker http addr", change: func(c *Config) { c.Remote.HTTPAddr = "localhost" }, wants: []string{`remote.http_addr = "localhost": not host:port`}},
+		{name: "worker http addr may repeat serve's", change: func(c *Config) { c.Remote.HTTPAddr = c.HTTP.Addr }},
 		{name: "group", change: func(c *Config) { c.Remote.Group = "a/b" }, wants: []string{`remote.group = "a/b": invalid id`}},
 		{name: "client id", change: func(c *Config) { c.Remote.ClientID = "w#1" }, wants: []string{`remote.client_id = "w#1": invalid id`}},
 		{name: "password without username", change: func(c *Config) { c.Remote.Password = "pw" }, wants: []string{"remote.password is set but remote.username is empty"}},
@@ -177,12 +181,31 @@ func TestSanitizeID(t *testing.T) {
 	}
 }
 
-func TestDerivedClientIDIsAValidID(t *testing.T) {
+func TestWorkerClientID(t *testing.T) {
+	long := strings.Repeat("p", 70)
+	for _, tt := range []struct{ prefix, want string }{
+		{"mqttinfer", "mqttinfer-worker-0a1b2c3d"},
+		{"mqttinfer-3f9c2a", "mqttinfer-3f9c2a-worker-0a1b2c3d"},
+		{"site/7", "site-7-worker-0a1b2c3d"},
+		{"a b+é", "a-b----worker-0a1b2c3d"},
+		{long, long[:64-len("-worker-0a1b2c3d")] + "-worker-0a1b2c3d"},
+	} {
+		got := workerClientID(tt.prefix, "0a1b2c3d")
+		if got != tt.want {
+			t.Errorf("workerClientID(%q) = %q, want %q", tt.prefix, got, tt.want)
+		}
+		if err := topics.ValidID(got); err != nil {
+			t.Errorf("workerClientID(%q) = %q: %v", tt.prefix, got, err)
+		}
+	}
 	c := defaults()
-	c.Node = strings.Repeat("n", 64)
+	c.Prefix = long
 	c.resolve()
-	if len(c.Remote.ClientID) != 64 || c.Validate(builtin) != nil {
+	if len(c.Remote.ClientID) != 64 || !strings.HasSuffix(c.Remote.ClientID, "-worker-"+instance()) || c.Validate(builtin) != nil {
 		t.Fatalf("client id %q (%d bytes): %v", c.Remote.ClientID, len(c.Remote.ClientID), c.Validate(builtin))
+	}
+	if len(instance()) != 8 {
+		t.Errorf("random part %q, want 8 hex digits", instance())
 	}
 }
 

@@ -66,7 +66,7 @@ func serveCmd() *cobra.Command {
 			return nil
 		},
 	}
-	config.BindFlags(cmd.Flags())
+	config.BindFlags(cmd.Flags(), config.ServeCmd)
 	cmd.Flags().BoolVar(&printConfig, "print-config", false, "print the effective configuration as YAML and exit")
 	return cmd
 }

@@ -15,7 +15,13 @@ func workerCmd() *cobra.Command {
 shared subscription $share/<group>/<prefix>/+/req/+/+ and publishes results.
 Against the embedded broker of 'mqttinfer serve --in-process=false' the broker
 checks identity and throttles; on any other broker (Mosquitto, EMQX, HiveMQ)
-pass --worker-throttle so that the worker throttles each device itself.`,
+pass --throttle so that the worker throttles each device itself, with the
+--throttle-* limits.
+
+Its client id is <prefix>-worker-<random> unless --client-id says otherwise.
+For a broker with a private CA or one that wants a client certificate, give
+--ca-file, --cert-file and --key-file (PEM) with an ssl://, mqtts:// or wss://
+broker URL. --http-addr serves /metrics, /healthz and /readyz.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg, err := loadConfig(cmd)
@@ -25,6 +31,6 @@ pass --worker-throttle so that the worker throttles each device itself.`,
 			return service.RunWorker(cmd.Context(), cfg, cfg.Logger(cmd.ErrOrStderr()))
 		},
 	}
-	config.BindFlags(cmd.Flags())
+	config.BindFlags(cmd.Flags(), config.WorkerCmd)
 	return cmd
 }
