@@ -2,6 +2,7 @@ package devicesim
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -29,6 +30,9 @@ type ChatOptions struct {
 	// device id is the username).
 	Username string
 	Password string
+	// TLSConfig configures ssl://, tls://, mqtts:// and wss:// brokers (a
+	// private CA, a client certificate); nil = the system's roots.
+	TLSConfig *tls.Config
 	// Model is the model to ask (default "chat").
 	Model string
 	// System is an optional system message.
@@ -70,7 +74,7 @@ func Chat(ctx context.Context, opts ChatOptions, prompt string, out io.Writer) e
 	if err := topics.ValidID(opts.Device); err != nil {
 		return fmt.Errorf("chat: device: %w", err)
 	}
-	cl, err := dial(ctx, conn{broker: opts.Broker, clientID: opts.Device, username: opts.Username, password: opts.Password})
+	cl, err := dial(ctx, conn{broker: opts.Broker, clientID: opts.Device, username: opts.Username, password: opts.Password, tls: opts.TLSConfig})
 	if err != nil {
 		return fmt.Errorf("chat: %w", err)
 	}

@@ -61,7 +61,7 @@ func (d *device) connect(ctx context.Context) error {
 		user, pass = o.Credentials(d.id)
 	}
 	cl, err := dial(ctx, conn{
-		broker: o.Broker, clientID: d.id, username: user, password: pass, timeout: o.ConnectTimeout,
+		broker: o.Broker, clientID: d.id, username: user, password: pass, tls: o.TLSConfig, timeout: o.ConnectTimeout,
 		onLost: d.lost,
 	})
 	if err != nil {

@@ -28,18 +28,23 @@ func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 // open to everyone, with the inline client enabled.
 type testBroker struct {
 	srv   *mochi.Server
-	addr  string // tcp://127.0.0.1:port
+	addr  string // tcp://127.0.0.1:port, ssl://127.0.0.1:port, unix:///path
 	close func()
 }
 
 func startBroker(t *testing.T) *testBroker {
 	t.Helper()
+	return startBrokerOn(t, "tcp", listeners.NewTCP(listeners.Config{ID: "tcp", Address: "127.0.0.1:0"}))
+}
+
+// startBrokerOn starts the test broker on l; its addr is scheme://l.Address().
+func startBrokerOn(t *testing.T, scheme string, l listeners.Listener) *testBroker {
+	t.Helper()
 	srv := mochi.New(&mochi.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
 	if err := srv.AddHook(new(auth.AllowHook), nil); err != nil {
 		t.Fatal(err)
 	}
-	tcp := listeners.NewTCP(listeners.Config{ID: "tcp", Address: "127.0.0.1:0"})
-	if err := srv.AddListener(tcp); err != nil {
+	if err := srv.AddListener(l); err != nil {
 		t.Fatal(err)
 	}
 	if err := srv.Serve(); err != nil {
@@ -47,7 +52,7 @@ func startBroker(t *testing.T) *testBroker {
 	}
 	closeOnce := sync.OnceFunc(func() { _ = srv.Close() })
 	t.Cleanup(closeOnce)
-	return &testBroker{srv: srv, addr: "tcp://" + tcp.Address(), close: closeOnce}
+	return &testBroker{srv: srv, addr: scheme + "://" + l.Address(), close: closeOnce}
 }
 
 // closedAddr is a broker address on which nothing listens.

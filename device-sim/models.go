@@ -3,6 +3,7 @@ package devicesim
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -31,6 +32,9 @@ type ModelsOptions struct {
 	// Username and Password, when the broker wants them.
 	Username string
 	Password string
+	// TLSConfig configures ssl://, tls://, mqtts:// and wss:// brokers (a
+	// private CA, a client certificate); nil = the system's roots.
+	TLSConfig *tls.Config
 	// Timeout is how long to wait for the retained catalog (default 5 s).
 	Timeout time.Duration
 	// JSON prints the catalog as it was published instead of a table.
@@ -112,7 +116,7 @@ func FetchCatalog(ctx context.Context, opts ModelsOptions) (json.RawMessage, Cat
 
 	cl, err := dial(ctx, conn{
 		broker: opts.Broker, clientID: cmp.Or(opts.ClientID, randomClientID("models-")),
-		username: opts.Username, password: opts.Password, timeout: opts.ConnectTimeout,
+		username: opts.Username, password: opts.Password, tls: opts.TLSConfig, timeout: opts.ConnectTimeout,
 	})
 	if err != nil {
 		return nil, Catalog{}, fmt.Errorf("models: %w", err)

@@ -3,6 +3,7 @@ package devicesim
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -36,13 +37,16 @@ type conn struct {
 	clientID string
 	username string
 	password string
-	timeout  time.Duration
+	// tls configures ssl://, tls://, mqtts:// and wss:// brokers; nil = the
+	// system's roots and no client certificate.
+	tls     *tls.Config
+	timeout time.Duration
 	// onLost is called (on a paho goroutine) when an established connection drops.
 	onLost func(error)
 }
 
-// brokerURL accepts "host:port" as well as "tcp://host:port" (and paho's other
-// schemes) so that a CLI flag can be either.
+// brokerURL accepts "host:port" as well as "tcp://host:port" and paho's
+// other URLs, unix:///path/to/socket included, which it leaves as they are.
 func brokerURL(b string) string {
 	if b == "" {
 		return DefaultBroker
@@ -83,6 +87,9 @@ func dial(ctx context.Context, c conn) (mqtt.Client, error) {
 	}
 	if c.password != "" {
 		o.SetPassword(c.password)
+	}
+	if c.tls != nil {
+		o.SetTLSConfig(c.tls)
 	}
 	if c.onLost != nil {
 		o.SetConnectionLostHandler(func(_ mqtt.Client, err error) { c.onLost(err) })
@@ -127,8 +134,11 @@ func subscribe(ctx context.Context, cl mqtt.Client, filter string, qos byte, h m
 var errSubRefused = errors.New("the broker refused the subscription (not allowed for these credentials?)")
 
 // randomClientID returns prefix followed by 8 random hex digits.
-func randomClientID(prefix string) string {
-	var b [4]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails on supported platforms
-	return prefix + hex.EncodeToString(b[:])
+func randomClientID(prefix string) string { return prefix + randomHex(4) }
+
+// randomHex returns n random bytes as 2n hex digits.
+func randomHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b) // crypto/rand.Read never fails on supported platforms
+	return hex.EncodeToString(b)
 }

@@ -15,6 +15,7 @@ package devicesim
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -31,7 +32,10 @@ import (
 
 // Defaults of Options; a zero field takes its default.
 const (
-	DefaultDevices            = 1
+	DefaultDevices = 1
+	// DefaultIDPrefix starts the default device id prefix, which adds 4
+	// random hex digits and '-' at each Run ("sim-3f9c-"), so that two
+	// simulators on one broker never share an id.
 	DefaultIDPrefix           = "sim-"
 	DefaultModel              = "anomaly"
 	DefaultRate               = 1.0 // requests/s per device
@@ -40,8 +44,9 @@ const (
 	DefaultConnectConcurrency = 32
 )
 
-// Options configure a Run. The zero value runs one device "sim-0001" sending
-// one "anomaly" request per second for 10 s to 127.0.0.1:1883.
+// Options configure a Run. The zero value runs one device "sim-<4 random
+// hex digits>-0001" sending one "anomaly" request per second for 10 s to
+// 127.0.0.1:1883.
 type Options struct {
 	// Broker is the MQTT broker URL ("tcp://127.0.0.1:1883"; "host:port" means tcp).
 	Broker string
@@ -54,8 +59,10 @@ type Options struct {
 	// Devices is how many devices to simulate (default 1).
 	Devices int
 	// IDPrefix starts every device id; ids are IDPrefix + a 1-based index
-	// zero-padded to at least 4 digits ("sim-0001"). Two simulators with the
-	// same prefix on one broker take over each other's connections.
+	// zero-padded to at least 4 digits ("sim-0001" for "sim-"). Two
+	// simulators with the same prefix on one broker take over each other's
+	// connections, so the default is DefaultIDPrefix + 4 random hex digits +
+	// "-", drawn at each Run ("sim-3f9c-0001").
 	IDPrefix string
 	// Model is the model to call (default "anomaly"); see InputModels.
 	Model string
@@ -78,6 +85,9 @@ type Options struct {
 	// Username and Password are sent by every device when set.
 	Username string
 	Password string
+	// TLSConfig configures ssl://, tls://, mqtts:// and wss:// brokers (a
+	// private CA, a client certificate); nil = the system's roots.
+	TLSConfig *tls.Config
 	// Credentials, when set, gives each device its own username and password
 	// and overrides Username and Password.
 	Credentials func(device string) (username, password string)
@@ -122,7 +132,9 @@ func (o *Options) setDefaults() {
 	o.Prefix = cmp.Or(o.Prefix, topics.DefaultPrefix)
 	o.Version = cmp.Or(o.Version, DefaultVersion)
 	o.Devices = cmp.Or(o.Devices, DefaultDevices)
-	o.IDPrefix = cmp.Or(o.IDPrefix, DefaultIDPrefix)
+	if o.IDPrefix == "" {
+		o.IDPrefix = DefaultIDPrefix + randomHex(2) + "-"
+	}
 	o.Model = cmp.Or(o.Model, DefaultModel)
 	o.Rate = cmp.Or(o.Rate, DefaultRate)
 	o.Duration = cmp.Or(o.Duration, DefaultDuration)

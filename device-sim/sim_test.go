@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -57,7 +58,7 @@ func TestRunCountsEveryOutcome(t *testing.T) {
 	var progress bytes.Buffer
 
 	opts := Options{
-		Broker: b.addr, Devices: 3, Rate: 50, Requests: 25, QoS: 1,
+		Broker: b.addr, IDPrefix: "sim-", Devices: 3, Rate: 50, Requests: 25, QoS: 1,
 		Duration: time.Minute, Drain: time.Second, Seed: 7,
 		Progress: &progress, trace: tr.add,
 	}
@@ -234,6 +235,27 @@ func TestDeviceID(t *testing.T) {
 		if got := deviceID("sim-", tt.i, tt.n); got != tt.want {
 			t.Errorf("deviceID(%d of %d) = %q, want %q", tt.i, tt.n, got, tt.want)
 		}
+	}
+}
+
+func TestDefaultIDPrefixIsRandomPerRun(t *testing.T) {
+	form := regexp.MustCompile(`^sim-[0-9a-f]{4}-$`)
+	seen := map[string]bool{}
+	for range 8 {
+		var o Options
+		o.setDefaults()
+		if !form.MatchString(o.IDPrefix) {
+			t.Fatalf("default id prefix %q, want sim-<4 hex digits>-", o.IDPrefix)
+		}
+		seen[o.IDPrefix] = true
+	}
+	if len(seen) < 2 {
+		t.Errorf("8 runs drew the id prefixes %v: not random per run", seen)
+	}
+	o := Options{IDPrefix: "sim-"}
+	o.setDefaults()
+	if got := deviceID(o.IDPrefix, 1, 1); got != "sim-0001" {
+		t.Errorf("an explicit id prefix gives %q, want sim-0001", got)
 	}
 }
 

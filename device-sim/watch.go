@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"cmp"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -36,6 +37,9 @@ type WatchOptions struct {
 	// may read all results).
 	Username string
 	Password string
+	// TLSConfig configures ssl://, tls://, mqtts:// and wss:// brokers (a
+	// private CA, a client certificate); nil = the system's roots.
+	TLSConfig *tls.Config
 	// QoS of the subscription: 0 or 1.
 	QoS byte
 	// JSON prints one JSON object per message instead of a readable line:
@@ -78,7 +82,7 @@ func Watch(ctx context.Context, opts WatchOptions, out io.Writer) error {
 	lost := make(chan error, 1)
 	cl, err := dial(ctx, conn{
 		broker: opts.Broker, clientID: cmp.Or(opts.ClientID, randomClientID("watch-")),
-		username: opts.Username, password: opts.Password, timeout: opts.ConnectTimeout,
+		username: opts.Username, password: opts.Password, tls: opts.TLSConfig, timeout: opts.ConnectTimeout,
 		onLost: func(err error) {
 			select {
 			case lost <- err:

@@ -79,7 +79,7 @@ func TestWatchPrintsTraffic(t *testing.T) {
 		t.Fatalf("sim: %+v", rep)
 	}
 	waitFor(t, "12 watch lines", func() bool { return sink.count() >= 12 })
-	line := regexp.MustCompile(`^\d\d:\d\d:\d\d\.\d{3} sim-000[12] anomaly 200 r-[1-6] \d+\.\d+ms doubled=-?[0-9.e+-]+ sensor=(temp|humidity|vibration) rl=\d+/10$`)
+	line := regexp.MustCompile(`^\d\d:\d\d:\d\d\.\d{3} sim-[0-9a-f]{4}-000[12] anomaly 200 r-[1-6] \d+\.\d+ms doubled=-?[0-9.e+-]+ sensor=(temp|humidity|vibration) rl=\d+/10$`)
 	lines := sink.snapshot()
 	for _, l := range lines {
 		if !line.MatchString(l) {
