@@ -1,16 +1,16 @@
 package main
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"os"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
-	"github.com/spf13/pflag"
 
+	"github.com/mqttinfer/mqttinfer/config"
 	devicesim "github.com/mqttinfer/mqttinfer/device-sim"
-	"github.com/mqttinfer/mqttinfer/topics"
 )
 
 func simCmd() *cobra.Command {
@@ -22,6 +22,9 @@ func simCmd() *cobra.Command {
 		Short: "Simulate devices sending inference requests, then print a load report",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := loadConn(cmd, &o.Broker, &o.Prefix, &o.Username, &o.Password, &o.TLSConfig); err != nil {
+				return err
+			}
 			o.QoS = byte(qos)
 			if !asJSON {
 				o.Progress = os.Stderr
@@ -44,10 +47,10 @@ func simCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	connFlags(f, &o.Broker, &o.Prefix, &o.Username, &o.Password)
+	config.BindFlags(f, config.ClientCmd)
 	f.StringVar(&o.Version, "api", "v1", "API version of the request topics")
 	f.IntVarP(&o.Devices, "devices", "n", 10, "simulated devices, each its own MQTT connection")
-	f.StringVar(&o.IDPrefix, "id-prefix", devicesim.DefaultIDPrefix, "device id prefix (ids are <prefix>0001...)")
+	f.StringVar(&o.IDPrefix, "id-prefix", "", "device id prefix: ids are <prefix>0001... (default "+devicesim.DefaultIDPrefix+"<4 random hex digits>-, new each run)")
 	f.StringVarP(&o.Model, "model", "m", "anomaly", "model to call")
 	f.Float64VarP(&o.Rate, "rate", "r", 1, "requests per second per device")
 	f.IntVar(&o.Requests, "requests", 0, "stop each device after this many requests (0 = until --duration)")
@@ -74,6 +77,9 @@ func watchCmd() *cobra.Command {
 		Short: "Print result traffic readably (all devices and models, or one)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := loadConn(cmd, &o.Broker, &o.Prefix, &o.Username, &o.Password, &o.TLSConfig); err != nil {
+				return err
+			}
 			err := devicesim.Watch(cmd.Context(), o, cmd.OutOrStdout())
 			if cmd.Context().Err() != nil {
 				return nil // interrupted: the normal way to stop watching
@@ -82,7 +88,7 @@ func watchCmd() *cobra.Command {
 		},
 	}
 	f := cmd.Flags()
-	connFlags(f, &o.Broker, &o.Prefix, &o.Username, &o.Password)
+	config.BindFlags(f, config.ClientCmd)
 	f.StringVar(&o.Version, "api", "", "API version to watch (empty = all)")
 	f.StringVar(&o.Device, "device", "", "device to watch (empty = all)")
 	f.StringVar(&o.Model, "model", "", "model to watch (empty = all)")
@@ -97,11 +103,14 @@ func modelsCmd() *cobra.Command {
 		Short: "Print the model catalog the service publishes",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := loadConn(cmd, &o.Broker, &o.Prefix, &o.Username, &o.Password, &o.TLSConfig); err != nil {
+				return err
+			}
 			return devicesim.Models(cmd.Context(), o, cmd.OutOrStdout())
 		},
 	}
 	f := cmd.Flags()
-	connFlags(f, &o.Broker, &o.Prefix, &o.Username, &o.Password)
+	config.BindFlags(f, config.ClientCmd)
 	f.StringVar(&o.Version, "api", "v1", "API version of the catalog")
 	f.DurationVar(&o.Timeout, "timeout", 5*time.Second, "how long to wait for the catalog")
 	f.BoolVar(&o.JSON, "json", false, "print the catalog as published")
@@ -120,6 +129,9 @@ the service, which stops the model. The service needs models.chat.base_url
 (an OpenAI-compatible server such as Ollama or llama.cpp); see the README.`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			if err := loadConn(cmd, &o.Broker, &o.Prefix, &o.Username, &o.Password, &o.TLSConfig); err != nil {
+				return err
+			}
 			if showUsage {
 				o.Usage = cmd.ErrOrStderr()
 			}
@@ -127,7 +139,7 @@ the service, which stops the model. The service needs models.chat.base_url
 		},
 	}
 	f := cmd.Flags()
-	connFlags(f, &o.Broker, &o.Prefix, &o.Username, &o.Password)
+	config.BindFlags(f, config.ClientCmd)
 	f.StringVar(&o.Version, "api", "v1", "API version")
 	f.StringVar(&o.Device, "device", "", "device id to ask as (default chat-<random>)")
 	f.StringVar(&o.System, "system", "", "system message")
@@ -137,11 +149,19 @@ the service, which stops the model. The service needs models.chat.base_url
 	return cmd
 }
 
-// connFlags registers the flags every client command shares: where the
-// broker is, the service's prefix, and the login.
-func connFlags(f *pflag.FlagSet, broker, prefix, username, password *string) {
-	f.StringVar(broker, "broker", devicesim.DefaultBroker, "broker URL")
-	f.StringVar(prefix, "prefix", topics.DefaultPrefix, "service topic prefix")
-	f.StringVar(username, "username", "", "username (with auth on, a device's username is its id; an observer may read all results)")
-	f.StringVar(password, "password", "", "password")
+// loadConn loads the connection settings of a client command, from its
+// flags (config.BindFlags with config.ClientCmd), the MQTTINFER_*
+// environment and the config file, as `mqttinfer worker` does, into the
+// fields of the command's options.
+func loadConn(cmd *cobra.Command, broker, prefix, username, password *string, tlsConfig **tls.Config) error {
+	cfg, err := loadConfig(cmd)
+	if err != nil {
+		return err
+	}
+	t, err := cfg.Remote.TLSConfig()
+	if err != nil {
+		return err
+	}
+	*broker, *prefix, *username, *password, *tlsConfig = cfg.Remote.Broker, cfg.Prefix, cfg.Remote.Username, cfg.Remote.Password, t
+	return nil
 }

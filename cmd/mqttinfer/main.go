@@ -28,6 +28,15 @@ func main() {
 	service.Version = version
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if err := rootCmd().ExecuteContext(ctx); err != nil {
+		fmt.Fprintln(os.Stderr, "mqttinfer:", err)
+		stop()
+		os.Exit(1)
+	}
+}
+
+// rootCmd is the mqttinfer command with every subcommand.
+func rootCmd() *cobra.Command {
 	root := &cobra.Command{
 		Use:           "mqttinfer",
 		Short:         "MQTT-based AI inference service for IoT devices",
@@ -35,11 +44,7 @@ func main() {
 		SilenceErrors: true,
 	}
 	root.AddCommand(serveCmd(), workerCmd(), simCmd(), watchCmd(), modelsCmd(), chatCmd(), versionCmd())
-	if err := root.ExecuteContext(ctx); err != nil {
-		fmt.Fprintln(os.Stderr, "mqttinfer:", err)
-		stop()
-		os.Exit(1)
-	}
+	return root
 }
 
 func versionCmd() *cobra.Command {
