@@ -124,16 +124,21 @@ func setFlags(v *viper.Viper, fs *pflag.FlagSet) error {
 // suggestion when a name is close. apiKeyEnv is the effective
 // models.chat.api_key_env.
 func checkEnv(environ []string, apiKeyEnv string) error {
+	// Names are compared without the common MQTTINFER_, which would make
+	// any two look alike.
 	known := map[string]bool{}
 	var names []candidate
 	for _, l := range leaves() {
-		names = append(names, candidate{envName(l.key), strings.ToUpper(l.key[strings.LastIndex(l.key, ".")+1:])})
+		names = append(names, candidate{strings.TrimPrefix(envName(l.key), EnvPrefix+"_"), strings.ToUpper(l.key[strings.LastIndex(l.key, ".")+1:])})
 	}
 	for _, e := range otherEnv(apiKeyEnv) {
-		names = append(names, candidate{e.name, e.name})
+		known[e.name] = true
+		if tail, ok := strings.CutPrefix(e.name, EnvPrefix+"_"); ok {
+			names = append(names, candidate{tail, tail})
+		}
 	}
 	for _, n := range names {
-		known[n.full] = true
+		known[EnvPrefix+"_"+n.full] = true
 	}
 	defaultKeyEnv := defaults().Models.Chat.APIKeyEnv
 	var errs []error
@@ -145,8 +150,8 @@ func checkEnv(environ []string, apiKeyEnv string) error {
 		msg := fmt.Sprintf("unknown variable %q", v)
 		if v == defaultKeyEnv {
 			msg += fmt.Sprintf(" (models.chat.api_key_env is %q: the chat key is read from that variable instead)", apiKeyEnv)
-		} else if s := suggest(v, "_", names); s != "" {
-			msg += fmt.Sprintf(" (did you mean %q?)", s)
+		} else if s := suggest(strings.TrimPrefix(v, EnvPrefix+"_"), "_", names); s != "" {
+			msg += fmt.Sprintf(" (did you mean %q?)", EnvPrefix+"_"+s)
 		}
 		errs = append(errs, errors.New(msg))
 	}
@@ -272,7 +277,8 @@ func checkKeys(keys []string) error {
 type candidate struct{ full, last string }
 
 // suggest returns the known name closest to k: one with the same last part
-// (after sep), or within a small edit distance.
+// (after sep), or within a small edit distance (at most a third of k, so
+// that a short name is not matched to an unrelated one).
 func suggest(k, sep string, known []candidate) string {
 	best, bestD := "", 4
 	for _, n := range known {
@@ -280,7 +286,7 @@ func suggest(k, sep string, known []candidate) string {
 		if strings.HasSuffix(sep+k, sep+n.last) {
 			d = min(d, 2)
 		}
-		if d < bestD {
+		if d < bestD && d <= max(1, len(k)/3) {
 			best, bestD = n.full, d
 		}
 	}

@@ -391,6 +391,7 @@ func TestLoadErrors(t *testing.T) {
 		cmd   Command // whose flags args are; serve when 0
 		args  []string
 		wants []string // substrings of the error
+		not   string   // not a substring of the error, when set
 	}{
 		{name: "unknown top-level key", file: "prefx: a\n", wants: []string{`unknown key "prefx"`, `did you mean "prefix"`}},
 		{name: "unknown nested key", file: "mqtt:\n  tcp_adr: :1\n", wants: []string{`unknown key "mqtt.tcp_adr"`, `"mqtt.tcp_addr"`}},
@@ -409,10 +410,11 @@ func TestLoadErrors(t *testing.T) {
 		{name: "bad env number", env: map[string]string{"MQTTINFER_THROTTLE_RATE": "fast"}, wants: []string{"throttle.rate (from MQTTINFER_THROTTLE_RATE)", `"fast" is not a number`}},
 		{name: "bad env map", env: map[string]string{"MQTTINFER_MODELS_COSTS": "{anomaly: [}"}, wants: []string{"costs", "YAML flow syntax"}},
 		{name: "bad flag duration via env", env: map[string]string{"MQTTINFER_MQTT_SESSION_EXPIRY": "3600"}, wants: []string{"mqtt.session_expiry", `"3600" is not a duration`}},
-		{name: "unknown env", env: map[string]string{"MQTTINFER_FOO": "1"}, wants: []string{`environment: unknown variable "MQTTINFER_FOO"`}},
+		{name: "unknown env", env: map[string]string{"MQTTINFER_FOO": "1"}, wants: []string{`environment: unknown variable "MQTTINFER_FOO"`}, not: "did you mean"},
 		{name: "misspelt env", env: map[string]string{"MQTTINFER_THROTTLE_RAT": "1"}, wants: []string{`unknown variable "MQTTINFER_THROTTLE_RAT" (did you mean "MQTTINFER_THROTTLE_RATE"?)`}},
 		{name: "env in the wrong section", env: map[string]string{"MQTTINFER_WORKER_DEDUP_TTL": "1m"}, wants: []string{`"MQTTINFER_WORKER_DEDUP_TTL" (did you mean "MQTTINFER_REMOTE_DEDUP_TTL"?)`}},
 		{name: "every unknown env", env: map[string]string{"MQTTINFER_A": "", "MQTTINFER_B": "x"}, wants: []string{`"MQTTINFER_A"`, `"MQTTINFER_B"`}},
+		{name: "misspelt reserved env", env: map[string]string{"MQTTINFER_CONFG": "c.yaml"}, wants: []string{`"MQTTINFER_CONFG" (did you mean "MQTTINFER_CONFIG"?)`}},
 		{name: "the default key variable when the file names another",
 			file: "models:\n  chat:\n    api_key_env: OPENAI_API_KEY\n", env: map[string]string{"MQTTINFER_CHAT_API_KEY": "sk"},
 			wants: []string{`unknown variable "MQTTINFER_CHAT_API_KEY" (models.chat.api_key_env is "OPENAI_API_KEY"`}},
@@ -442,6 +444,9 @@ func TestLoadErrors(t *testing.T) {
 				if !strings.Contains(err.Error(), w) {
 					t.Errorf("error %q\ndoes not contain %q", err, w)
 				}
+			}
+			if tt.not != "" && strings.Contains(err.Error(), tt.not) {
+				t.Errorf("error %q contains %q", err, tt.not)
 			}
 		})
 	}
