@@ -221,3 +221,45 @@ func TestMarshalRoundTrip(t *testing.T) {
 		t.Errorf("Marshal accepted an invalid output: %s", b)
 	}
 }
+
+func TestPeekReply(t *testing.T) {
+	res := Result{ID: "r-1", Model: "m", Status: 429, Error: Errorf(RateLimited, "slow down")}
+	delta := StreamEvent{ID: "s-1", Model: "chat", Seq: 3, Event: EventDelta, Delta: []byte(`{"text":"hi"}`)}
+	done := StreamEvent{ID: "s-1", Model: "chat", Seq: 4, Event: EventDone, Status: 200, Output: []byte(`{}`)}
+	for _, tc := range []struct {
+		v      any
+		id     string
+		status int
+	}{{res, "r-1", 429}, {delta, "s-1", 0}, {done, "s-1", 200}} {
+		js, _ := Marshal("v1", tc.v)
+		cb, err := MarshalCBOR(tc.v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, body := range []struct {
+			b  []byte
+			ct string
+		}{{js, ""}, {cb, ContentTypeCBOR}} {
+			id, status, ok := PeekReply(body.b, body.ct)
+			if !ok || id != tc.id || status != tc.status {
+				t.Errorf("PeekReply(%T, %q) = %q %d %v", tc.v, body.ct, id, status, ok)
+			}
+		}
+	}
+	if _, _, ok := PeekReply([]byte("not json"), ""); ok {
+		t.Error("garbage read as a reply")
+	}
+}
+
+func TestContentID(t *testing.T) {
+	a := ContentID("p/v1/req/d/m", []byte(`{"input":1}`))
+	if a != ContentID("p/v1/req/d/m", []byte(`{"input":1}`)) {
+		t.Error("not deterministic")
+	}
+	if a == ContentID("p/v1/req/d/m", []byte(`{"input":2}`)) || a == ContentID("p/v1/req/e/m", []byte(`{"input":1}`)) {
+		t.Error("different requests share an id")
+	}
+	if len(a) > MaxRequestIDLen {
+		t.Errorf("%q is too long", a)
+	}
+}

@@ -77,18 +77,18 @@ func TestCredentialsValidated(t *testing.T) {
 	}
 }
 
-func TestIdentityStage(t *testing.T) {
-	in := func(sender, device string) *inbound {
-		return &inbound{sender: sender, topic: topics.Topic{Prefix: "p", Version: "v1", Kind: topics.KindRequest, Device: device, Model: "m"}}
+func TestCheckIdentity(t *testing.T) {
+	topic := func(device string) topics.Topic {
+		return topics.Topic{Prefix: "p", Version: "v1", Kind: topics.KindRequest, Device: device, Model: "m"}
 	}
-	if e := (identityStage{}).check(in("d1", "d1")); e != nil {
+	if e := checkIdentity("d1", topic("d1")); e != nil {
 		t.Errorf("own id refused: %v", e)
 	}
-	e := (identityStage{}).check(in("d1", "d2"))
+	e := checkIdentity("d1", topic("d2"))
 	if e == nil || e.Status() != 403 || !strings.Contains(e.Message, "p/v1/req/d1/m") {
 		t.Errorf("spoof: %v", e)
 	}
-	if e := (identityStage{}).check(in("bad id", "bad id")); e == nil || e.Status() != 403 {
+	if e := checkIdentity("bad id", topic("bad id")); e == nil || e.Status() != 403 {
 		t.Errorf("invalid sender id: %v", e)
 	}
 }

@@ -16,15 +16,14 @@ import (
 	"log/slog"
 	"math"
 	"net"
-	"strconv"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/mqttinfer/mqttinfer/api"
 	"github.com/mqttinfer/mqttinfer/metrics"
+	"github.com/mqttinfer/mqttinfer/pipeline"
 	"github.com/mqttinfer/mqttinfer/throttle"
 	"github.com/mqttinfer/mqttinfer/topics"
 )
@@ -212,21 +211,12 @@ func (b *Broker) Publish(topic string, payload []byte, retain bool, qos byte) er
 	return b.srv.Publish(topic, payload, retain, qos)
 }
 
-// Reply publishes a reply (a result, an error or a stream event) to a
-// request: on its MQTT 5 response topic with the correlation data echoed and
-// the status as a user property, or on the device's result topic.
-func (b *Broker) Reply(r *Request, payload []byte, status int) error {
-	return b.publish(r.replyTopic(), payload, r.QoS, r.CorrelationData, r.ResponseTopic != "" || r.ContentType != "", r.replyContentType(), status)
-}
-
-// publish sends a reply; with v5 it carries MQTT 5 properties: the
-// correlation data, the content type and the status as a user property.
-func (b *Broker) publish(topic string, payload []byte, qos byte, corr []byte, v5 bool, contentType string, status int) error {
-	if contentType == "" {
-		contentType = "application/json"
-	}
-	if !v5 {
-		return b.srv.Publish(topic, payload, false, qos)
+// Send publishes a reply (a result, an error or a stream event): with
+// MQTT 5 properties when the reply carries them (the correlation data, the
+// content type, the status as a user property), else as a plain message.
+func (b *Broker) Send(p pipeline.Reply, qos byte) error {
+	if !p.Properties {
+		return b.srv.Publish(p.Topic, p.Payload, false, qos)
 	}
 	cl, ok := b.srv.Clients.Get(mqtt.InlineClientId)
 	if !ok {
@@ -234,13 +224,13 @@ func (b *Broker) publish(topic string, payload []byte, qos byte, corr []byte, v5
 	}
 	return b.srv.InjectPacket(cl, packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos},
-		TopicName:   topic,
-		Payload:     payload,
+		TopicName:   p.Topic,
+		Payload:     p.Payload,
 		PacketID:    uint16(qos),
 		Properties: packets.Properties{
-			CorrelationData: corr,
-			ContentType:     contentType,
-			User:            []packets.UserProperty{{Key: "status", Val: strconv.Itoa(status)}},
+			CorrelationData: p.CorrelationData,
+			ContentType:     p.ContentType,
+			User:            []packets.UserProperty{{Key: pipeline.StatusProperty, Val: p.StatusValue()}},
 		},
 	})
 }
@@ -271,75 +261,4 @@ func (b *Broker) Ready(context.Context) error {
 	default:
 		return nil
 	}
-}
-
-// Request is an accepted inference request, handed to a Dispatcher.
-type Request struct {
-	// Topic is the parsed request topic (version, device, model).
-	Topic topics.Topic
-	// Body is the decoded request; its ID is set (generated when absent).
-	Body api.Request
-	// QoS is the publish's QoS; replies go out at the same QoS.
-	QoS byte
-	// Received is when the broker read the publish.
-	Received time.Time
-	// RateLimit is the device's bucket after this request (nil when throttling is off).
-	RateLimit *api.RateLimit
-	// Done must be called exactly once when the request is answered; it
-	// releases the device's in-flight slot.
-	Done func()
-	// Settle, called at most once, settles the device's throttle to the
-	// share of its up-front cost the request really used (metered models).
-	// Never nil.
-	Settle func(share float64)
-
-	// ProtocolVersion is the requester's MQTT version (4 = 3.1.1, 5).
-	ProtocolVersion byte
-	// ResponseTopic and CorrelationData are set for an MQTT 5 request that
-	// asked for its reply there; "" means the device's result topic.
-	ResponseTopic   string
-	CorrelationData []byte
-	// ContentType is the MQTT 5 content type of the request: replies to a
-	// CBOR request are CBOR (api.ContentTypeCBOR), others JSON.
-	ContentType string
-}
-
-// Encode encodes a reply (api.Result or api.StreamEvent) to r in the
-// request's API version and content type.
-func (r *Request) Encode(v any) ([]byte, error) {
-	return encodeReply(r.Topic.Version, r.ContentType, v)
-}
-
-// replyContentType is the content type of the replies to r.
-func (r *Request) replyContentType() string { return replyContentType(r.Topic.Version, r.ContentType) }
-
-// replyContentType is the content type of replies to a request of an API
-// version and content type: CBOR answers CBOR on v2; v1 is JSON, always.
-func replyContentType(version, requestType string) string {
-	if requestType == api.ContentTypeCBOR && version != "v1" {
-		return api.ContentTypeCBOR
-	}
-	return "application/json"
-}
-
-func encodeReply(version, contentType string, v any) ([]byte, error) {
-	if replyContentType(version, contentType) == api.ContentTypeCBOR {
-		return api.MarshalCBOR(v)
-	}
-	return api.Marshal(version, v)
-}
-
-// replyTopic is where replies to r go.
-func (r *Request) replyTopic() string {
-	if r.ResponseTopic != "" {
-		return r.ResponseTopic
-	}
-	return r.Topic.ResultTopic()
-}
-
-// Dispatcher takes accepted requests off the broker's read path. Dispatch must
-// not block: when it cannot take the request it returns an error, an
-// *api.Error to send as it is, or any other error for 503 overloaded.
-type Dispatcher interface {
-	Dispatch(r *Request) error
 }

@@ -2,57 +2,15 @@ package broker
 
 import (
 	"errors"
-	"strings"
-	"sync"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/mqttinfer/mqttinfer/api"
+	"github.com/mqttinfer/mqttinfer/pipeline"
 	"github.com/mqttinfer/mqttinfer/topics"
 )
-
-// inbound is a request publish on its way through the request hook's stages.
-type inbound struct {
-	cl       *mqtt.Client
-	pk       packets.Packet
-	topic    topics.Topic
-	sender   string
-	body     api.Request
-	received time.Time
-	rl       *api.RateLimit // set by the throttle stage
-	release  func()         // set by the throttle stage: gives back the in-flight slot
-	refund   func()         // set by the throttle stage: gives back the tokens
-	settle   func(float64)  // set by the throttle stage: settles to the share of the cost really used
-}
-
-// responseTopic is the MQTT 5 response topic the request asked for, when
-// the service may publish there: outside the prefix, or one of the
-// sender's own result topics. Anything else gets the default result topic,
-// so that a device cannot make the service publish into others' topics.
-func (in *inbound) responseTopic() string {
-	rt := in.pk.Properties.ResponseTopic
-	if rt == "" || in.cl.Properties.ProtocolVersion != 5 || strings.ContainsAny(rt, "+#") || strings.HasPrefix(rt, "$") {
-		return ""
-	}
-	if !topics.Under(in.topic.Prefix, rt) {
-		return rt
-	}
-	if t, err := topics.Parse(in.topic.Prefix, rt); err == nil && t.Kind == topics.KindResult && t.Device == in.sender {
-		return rt
-	}
-	return ""
-}
-
-// contentType is the MQTT 5 content type of the request ("" for JSON and
-// for MQTT 3.1.1, which has none).
-func (in *inbound) contentType() string {
-	if in.cl.Properties.ProtocolVersion != 5 {
-		return ""
-	}
-	return in.pk.Properties.ContentType
-}
 
 // Canceler is implemented by dispatchers that can cancel a queued or running
 // request; it reports whether there was one.
@@ -60,38 +18,61 @@ type Canceler interface {
 	Cancel(device, id string) bool
 }
 
-// stage is one concern of the request path. check returns the error to
-// answer the request with, or nil to pass it on.
-type stage interface {
-	check(in *inbound) *api.Error
+// Dispatcher takes accepted requests off the broker's read path. Dispatch
+// must not block: when it cannot take the request it returns an error, an
+// *api.Error to send as it is, or any other error for 503 overloaded.
+// Replies go back through Broker.Send.
+type Dispatcher interface {
+	Dispatch(r *pipeline.Request) error
 }
 
 // requestHook applies the service's rules to every request publish: the
-// stages in order (identity, validation, throttle), then the hand-off to the
-// dispatcher or the remote workers. A request that fails a stage never
-// reaches a worker and is answered on the sender's own result topic.
+// sender's identity, then admission (size, body, model, throttle; the
+// pipeline every transport shares), then the hand-off to the dispatcher or
+// the remote workers. A request refused on the way never reaches a worker
+// and is answered on the sender's own result topic.
 type requestHook struct {
 	mqtt.HookBase
-	b      *Broker
-	auth   *authHook
-	stages []stage
+	b    *Broker
+	auth *authHook
+	adm  *pipeline.Admission
 }
 
 func newRequestHook(b *Broker, auth *authHook) *requestHook {
-	h := &requestHook{b: b, auth: auth}
-	h.stages = []stage{
-		identityStage{},
-		newValidateStage(b.opts),
+	adm := &pipeline.Admission{
+		MaxSize:  b.opts.MaxRequestSize,
+		HasModel: b.opts.HasModel,
+		Models:   b.opts.Models,
+		Throttle: b.opts.Throttle,
+		Metrics:  b.opts.Metrics,
 	}
-	if b.opts.Throttle != nil {
-		h.stages = append(h.stages, &throttleStage{l: b.opts.Throttle, m: b.opts.Metrics})
+	if adm.HasModel == nil && adm.Models != nil {
+		adm.HasModel = func(name string) bool {
+			for _, m := range adm.Models() {
+				if m == name {
+					return true
+				}
+			}
+			return false
+		}
 	}
-	return h
+	return &requestHook{b: b, auth: auth, adm: adm}
 }
 
 func (h *requestHook) ID() string { return "mqttinfer-requests" }
 
 func (h *requestHook) Provides(b byte) bool { return b == mqtt.OnPublish }
+
+// inbound is a request publish with what the hook knows of its sender.
+type inbound struct {
+	cl     *mqtt.Client
+	pk     packets.Packet
+	sender string
+	r      *pipeline.Request
+}
+
+// v5 reports whether the sender speaks MQTT 5 (and so may send properties).
+func (in *inbound) v5() bool { return in.cl.Properties.ProtocolVersion == 5 }
 
 // OnPublish returns packets.CodeSuccessIgnore for every request it answers
 // or hands to the dispatcher: the publisher gets its PUBACK and the message
@@ -101,8 +82,7 @@ func (h *requestHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	if cl.Net.Inline {
 		return pk, nil // the service's own publishes
 	}
-	prefix := h.b.opts.Prefix
-	t, err := topics.Parse(prefix, pk.TopicName)
+	t, err := topics.Parse(h.b.opts.Prefix, pk.TopicName)
 	if errors.Is(err, topics.ErrOutside) {
 		return pk, nil
 	}
@@ -115,7 +95,16 @@ func (h *requestHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		return pk, nil // results, catalog and status from workers: the ACL decided
 	}
 
-	in := &inbound{cl: cl, pk: pk, topic: t, sender: h.auth.senderID(cl), received: time.Now()}
+	in := &inbound{cl: cl, pk: pk, sender: h.auth.senderID(cl), r: &pipeline.Request{
+		Topic:    t,
+		Payload:  pk.Payload,
+		QoS:      pk.FixedHeader.Qos,
+		Received: time.Now(),
+	}}
+	if in.v5() {
+		in.r.ContentType = pk.Properties.ContentType
+		in.r.CorrelationData = pk.Properties.CorrelationData
+	}
 	switch {
 	case errors.Is(err, topics.ErrUnsupportedVersion):
 		e := api.Errorf(api.UnsupportedVersion, "API version %q is not supported", t.Version)
@@ -124,47 +113,49 @@ func (h *requestHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 	case err != nil:
 		return h.reject(in, api.Errorf(api.InvalidRequest, "request topic: %v", err))
 	}
-	for _, s := range h.stages {
-		if e := s.check(in); e != nil {
-			return h.reject(in, e)
-		}
+	if e := checkIdentity(in.sender, t); e != nil {
+		return h.reject(in, e)
+	}
+	in.r.ResponseTopic = in.responseTopic()
+	if e := h.adm.Admit(in.r); e != nil {
+		return h.reject(in, e)
 	}
 	return h.handOff(in)
 }
 
-// handOff gives an accepted request to the dispatcher, or lets it through to
-// the remote workers' shared subscription. Exactly one of the two consumes it.
-func (h *requestHook) handOff(in *inbound) (packets.Packet, error) {
-	release := in.release
-	if release == nil {
-		release = func() {}
+// checkIdentity enforces that a device publishes requests only under its
+// own id: the MQTT client id, or the username when auth is on.
+func checkIdentity(sender string, t topics.Topic) *api.Error {
+	if err := topics.ValidID(sender); err != nil {
+		return api.Errorf(api.Forbidden, "sender id %q cannot publish requests: %v", sender, err)
 	}
-	if in.body.Cancel {
+	if t.Device != sender {
+		return api.Errorf(api.Forbidden, "device id %q in the topic is not the sender %q: publish on %s",
+			t.Device, sender, topics.Request(t.Prefix, t.Version, sender, t.Model))
+	}
+	return nil
+}
+
+// responseTopic is the MQTT 5 response topic the request asked for, when
+// the service may publish there (pipeline.VetResponseTopic), else "".
+func (in *inbound) responseTopic() string {
+	if !in.v5() {
+		return ""
+	}
+	return pipeline.VetResponseTopic(in.r.Topic, in.pk.Properties.ResponseTopic)
+}
+
+// handOff gives an accepted request to the dispatcher, or lets it through to
+// the remote workers' subscriptions. Exactly one of the two consumes it.
+func (h *requestHook) handOff(in *inbound) (packets.Packet, error) {
+	r := in.r
+	if r.Body.Cancel {
 		return h.cancel(in)
 	}
 	if d := h.b.opts.Dispatcher; d != nil {
-		settle := func(float64) {}
-		if in.settle != nil {
-			settle = in.settle
-		}
-		r := &Request{
-			Topic:           in.topic,
-			Body:            in.body,
-			QoS:             in.pk.FixedHeader.Qos,
-			Received:        in.received,
-			RateLimit:       in.rl,
-			Done:            sync.OnceFunc(release),
-			Settle:          settle,
-			ProtocolVersion: in.cl.Properties.ProtocolVersion,
-			ResponseTopic:   in.responseTopic(),
-			CorrelationData: in.pk.Properties.CorrelationData,
-			ContentType:     in.contentType(),
-		}
 		if err := d.Dispatch(r); err != nil {
-			release()
-			if in.refund != nil {
-				in.refund()
-			}
+			r.Refund()
+			r.Done()
 			var e *api.Error
 			if !errors.As(err, &e) {
 				e = api.Errorf(api.Overloaded, "the service is out of capacity: %v", err)
@@ -175,13 +166,15 @@ func (h *requestHook) handOff(in *inbound) (packets.Packet, error) {
 	}
 	// Remote workers: the broker cannot see when they finish, so the
 	// in-flight slot is released now and only the rate applies.
-	release()
+	r.Done()
 	if !h.b.HasSubscribers(in.pk.TopicName) {
-		if in.refund != nil {
-			in.refund()
-		}
+		r.Refund()
 		return h.reject(in, api.Errorf(api.ModelUnavailable, "no worker is serving requests: none is subscribed to %s", topics.RequestFilter(h.b.opts.Prefix)))
 	}
+	// The workers answer on the response topic the request carries: only
+	// a vetted one goes on (a device must not make a worker publish into
+	// others' topics).
+	in.pk.Properties.ResponseTopic = r.ResponseTopic
 	return in.pk, nil
 }
 
@@ -192,51 +185,37 @@ func (h *requestHook) cancel(in *inbound) (packets.Packet, error) {
 	c, ok := h.b.opts.Dispatcher.(Canceler)
 	if !ok {
 		if h.b.opts.Dispatcher == nil {
+			in.pk.Properties.ResponseTopic = in.r.ResponseTopic
 			return in.pk, nil
 		}
 		return h.reject(in, api.Errorf(api.InvalidRequest, "this service cannot cancel requests"))
 	}
-	if !c.Cancel(in.sender, in.body.ID) {
-		return h.reject(in, api.Errorf(api.InvalidRequest, "no queued or running request with id %q to cancel", in.body.ID))
+	if !c.Cancel(in.sender, in.r.Body.ID) {
+		return h.reject(in, api.Errorf(api.InvalidRequest, "no queued or running request with id %q to cancel", in.r.Body.ID))
 	}
 	return in.pk, packets.CodeSuccessIgnore
 }
 
 // reject answers a request with an error on the sender's own result topic.
 func (h *requestHook) reject(in *inbound, e *api.Error) (packets.Packet, error) {
-	m := h.b.opts.Metrics
-	m.Rejected(string(e.Type))
+	r := in.r
 	// The reply goes to the sender's own topic under the request's version;
 	// without a valid sender, model or version level there is no topic to
 	// answer on, and the drop is only counted.
-	if topics.ValidID(in.sender) != nil || topics.ValidID(in.topic.Model) != nil || topics.ValidID(in.topic.Version) != nil {
+	if topics.ValidID(in.sender) != nil || topics.ValidID(r.Topic.Model) != nil || topics.ValidID(r.Topic.Version) != nil {
+		h.b.opts.Metrics.Rejected(string(e.Type))
 		h.b.log.Debug("request dropped without reply", "client", in.cl.ID, "topic", in.pk.TopicName, "error", e)
-		m.Rejected("unanswerable")
+		h.b.opts.Metrics.Rejected("unanswerable")
 		return in.pk, packets.CodeSuccessIgnore
 	}
-	id := in.body.ID
-	if id == "" {
-		id = api.PeekID(in.pk.Payload)
-	}
-	res := api.ErrorResult(id, in.topic.Model, e)
-	res.RateLimit = in.rl
-	if res.RateLimit == nil && e.Type != api.Forbidden && h.b.opts.Throttle != nil {
-		res.RateLimit = peekRateLimit(h.b.opts.Throttle, in.sender, in.topic.Model)
-	}
-	h.b.opts.Metrics.Request(in.topic.Version, in.topic.Model, res.Status)
-	if payload, err := encodeReply(in.topic.Version, in.contentType(), res); err != nil {
+	r.Topic.Device = in.sender
+	r.ResponseTopic = in.responseTopic()
+	if reply, err := h.adm.ErrorReply(r, e); err != nil {
 		h.b.log.Error("encode reply", "error", err)
-	} else {
-		topic, rt := topics.Result(h.b.opts.Prefix, in.topic.Version, in.sender, in.topic.Model), in.responseTopic()
-		if rt != "" {
-			topic = rt
-		}
-		ct := replyContentType(in.topic.Version, in.contentType())
-		if err := h.b.publish(topic, payload, in.pk.FixedHeader.Qos, in.pk.Properties.CorrelationData, rt != "", ct, res.Status); err != nil {
-			h.b.log.Warn("publish reply", "device", in.sender, "error", err)
-		}
+	} else if err := h.b.Send(reply, r.QoS); err != nil {
+		h.b.log.Warn("publish reply", "device", in.sender, "error", err)
 	}
-	if e.Type == api.RateLimited && in.cl.Properties.ProtocolVersion == 5 && in.pk.FixedHeader.Qos > 0 {
+	if e.Type == api.RateLimited && in.v5() && r.QoS > 0 {
 		return in.pk, packets.ErrQuotaExceeded // PUBACK 0x97
 	}
 	return in.pk, packets.CodeSuccessIgnore

@@ -8,6 +8,9 @@
 //	<prefix>/<ver>/res/<device>/<model>   the result, error or stream events
 //	<prefix>/<ver>/models                 the model catalog (retained)
 //	<prefix>/<ver>/status/<node>          node status (retained, last will)
+//	<prefix>/<ver>/sent/<device>/<model>  a copy of a reply that went to an
+//	                                      MQTT 5 response topic, for the other
+//	                                      remote workers of a group
 package topics
 
 import (
@@ -46,6 +49,11 @@ const (
 	KindResult
 	KindModels
 	KindStatus
+	// KindSent is the record a remote worker publishes of a final reply it
+	// sent to an MQTT 5 response topic, so that the other workers of its
+	// group know the request was answered (they see replies on result
+	// topics themselves).
+	KindSent
 )
 
 // String returns the topic level that names the kind ("req", "res",
@@ -60,6 +68,8 @@ func (k Kind) String() string {
 		return "models"
 	case KindStatus:
 		return "status"
+	case KindSent:
+		return "sent"
 	}
 	return "unknown"
 }
@@ -100,9 +110,14 @@ func (t Topic) String() string {
 		return Models(t.Prefix, t.Version)
 	case KindStatus:
 		return Status(t.Prefix, t.Version, t.Node)
+	case KindSent:
+		return Sent(t.Prefix, t.Version, t.Device, t.Model)
 	}
 	return ""
 }
+
+// SentTopic is the sent-record topic of the request topic t.
+func (t Topic) SentTopic() string { return Sent(t.Prefix, t.Version, t.Device, t.Model) }
 
 // ResultTopic is the result topic answering the request topic t (same
 // prefix, version, device and model).
@@ -169,6 +184,15 @@ func Models(prefix, ver string) string { return prefix + "/" + ver + "/models" }
 // Status is the retained status topic of a service node.
 func Status(prefix, ver, node string) string { return prefix + "/" + ver + "/status/" + node }
 
+// Sent is the topic of the records of replies sent to MQTT 5 response
+// topics for a device and model (see KindSent).
+func Sent(prefix, ver, device, model string) string {
+	return prefix + "/" + ver + "/sent/" + device + "/" + model
+}
+
+// SentFilter matches every sent record of every version under prefix.
+func SentFilter(prefix string) string { return prefix + "/+/sent/+/+" }
+
 // RequestFilter is the subscription filter matching every request of every
 // version under prefix.
 func RequestFilter(prefix string) string { return prefix + "/+/req/+/+" }
@@ -187,6 +211,9 @@ func ResultFilter(prefix, ver, device, model string) string {
 
 // StatusFilter matches every node's status topic of every version.
 func StatusFilter(prefix string) string { return prefix + "/+/status/+" }
+
+// NodeStatusFilter matches every node's status topic of one version.
+func NodeStatusFilter(prefix, ver string) string { return Status(prefix, ver, "+") }
 
 func orAny(s string) string {
 	if s == "" {
@@ -224,6 +251,8 @@ func Parse(prefix, topic string) (Topic, error) {
 		t.Kind, want = KindModels, 2
 	case "status":
 		t.Kind, want = KindStatus, 3
+	case "sent":
+		t.Kind, want = KindSent, 4
 	default:
 		return t, fmt.Errorf("%w: %q", ErrMalformed, topic)
 	}
@@ -233,7 +262,7 @@ func Parse(prefix, topic string) (Topic, error) {
 		return t, fmt.Errorf("%w: %q has %d levels after the prefix, want %d", ErrMalformed, topic, len(parts), want)
 	}
 	switch t.Kind {
-	case KindRequest, KindResult:
+	case KindRequest, KindResult, KindSent:
 		t.Device, t.Model = parts[2], parts[3]
 	case KindStatus:
 		t.Node = parts[2]

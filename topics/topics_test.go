@@ -39,7 +39,7 @@ func TestBuilders(t *testing.T) {
 func TestKindString(t *testing.T) {
 	for k, want := range map[Kind]string{
 		KindUnknown: "unknown", KindRequest: "req", KindResult: "res",
-		KindModels: "models", KindStatus: "status", Kind(42): "unknown",
+		KindModels: "models", KindStatus: "status", KindSent: "sent", Kind(42): "unknown",
 	} {
 		if got := k.String(); got != want {
 			t.Errorf("Kind(%d).String() = %q, want %q", int(k), got, want)
@@ -60,6 +60,8 @@ func TestParseRoundTrip(t *testing.T) {
 			Topic{Prefix: "mqttinfer", Version: "v1", Kind: KindModels}},
 		{"mqttinfer", "mqttinfer/v2/status/node-1",
 			Topic{Prefix: "mqttinfer", Version: "v2", Kind: KindStatus, Node: "node-1"}},
+		{"mqttinfer", "mqttinfer/v2/sent/d1/chat",
+			Topic{Prefix: "mqttinfer", Version: "v2", Kind: KindSent, Device: "d1", Model: "chat"}},
 		{"acme/plant1", "acme/plant1/v1/req/d1/m1",
 			Topic{Prefix: "acme/plant1", Version: "v1", Kind: KindRequest, Device: "d1", Model: "m1"}},
 		{"acme/plant1", "acme/plant1/v1/models",

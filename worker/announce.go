@@ -17,6 +17,14 @@ type Status struct {
 	Models     []string `json:"models"`
 	QueueDepth int      `json:"queue_depth"`
 	Since      string   `json:"since"` // RFC 3339, when this state began
+
+	// The remote workers' group protocol (see group): the group, this
+	// connection's incarnation id, the partitions, and when the status was
+	// published (Unix milliseconds; a heartbeat refreshes it).
+	Group       string      `json:"group,omitempty"`
+	Incarnation string      `json:"incarnation,omitempty"`
+	Partitions  *GroupState `json:"partitions,omitempty"`
+	At          int64       `json:"at,omitempty"`
 }
 
 // Announcement is one retained message: the catalog or a status.

@@ -9,8 +9,8 @@ import (
 	"time"
 
 	"github.com/mqttinfer/mqttinfer/api"
-	"github.com/mqttinfer/mqttinfer/broker"
 	"github.com/mqttinfer/mqttinfer/inference"
+	"github.com/mqttinfer/mqttinfer/pipeline"
 	"github.com/mqttinfer/mqttinfer/topics"
 )
 
@@ -151,10 +151,10 @@ type recorder struct {
 	got  chan string
 }
 
-func (r *recorder) Reply(req *broker.Request, payload []byte, status int) error {
-	topic := req.Topic.ResultTopic()
+func (r *recorder) Send(reply pipeline.Reply, qos byte) error {
+	topic := reply.Topic
 	r.mu.Lock()
-	r.msgs[topic] = payload
+	r.msgs[topic] = reply.Payload
 	r.mu.Unlock()
 	r.got <- topic
 	return nil
@@ -168,17 +168,21 @@ func TestPoolQueueFullAndDrain(t *testing.T) {
 	pool.Start(rec)
 
 	var done sync.WaitGroup
-	req := func(device, input string) *broker.Request {
+	dispatch := func(device, input string) error {
 		done.Add(1)
-		return &broker.Request{
+		r := &pipeline.Request{
 			Topic:    topics.Topic{Prefix: "p", Version: "v1", Kind: topics.KindRequest, Device: device, Model: "sum"},
 			Body:     api.Request{ID: device, Input: json.RawMessage(input)},
 			Received: time.Now(),
-			Done:     done.Done,
 		}
+		err := pool.Serve(r, rec, Task{Done: done.Done})
+		if err != nil {
+			done.Done()
+		}
+		return err
 	}
 	// One running (blocked), two queued: the fourth finds the queue full.
-	if err := pool.Dispatch(req("d0", `{"mode":"block"}`)); err != nil {
+	if err := dispatch("d0", `{"mode":"block"}`); err != nil {
 		t.Fatal(err)
 	}
 	waitBusy := time.Now().Add(10 * time.Second)
@@ -186,11 +190,11 @@ func TestPoolQueueFullAndDrain(t *testing.T) {
 		time.Sleep(time.Millisecond) // until the worker has taken d0
 	}
 	for _, d := range []string{"d1", "d2"} {
-		if err := pool.Dispatch(req(d, `{"xs":[1]}`)); err != nil {
+		if err := dispatch(d, `{"xs":[1]}`); err != nil {
 			t.Fatalf("%s: %v", d, err)
 		}
 	}
-	err := pool.Dispatch(&broker.Request{})
+	err := pool.Dispatch(&pipeline.Request{})
 	var e *api.Error
 	if !errors.As(err, &e) || e.Type != api.Overloaded {
 		t.Fatalf("full queue: %v, want overloaded", err)
@@ -212,7 +216,7 @@ func TestPoolQueueFullAndDrain(t *testing.T) {
 	if r.Status != 200 {
 		t.Errorf("blocked request: %+v", r)
 	}
-	if err := pool.Dispatch(&broker.Request{}); !errors.As(err, &e) || e.Type != api.Overloaded {
+	if err := pool.Dispatch(&pipeline.Request{}); !errors.As(err, &e) || e.Type != api.Overloaded {
 		t.Errorf("dispatch after stop: %v", err)
 	}
 }

@@ -6,13 +6,13 @@ import (
 	"time"
 
 	"github.com/mqttinfer/mqttinfer/api"
-	"github.com/mqttinfer/mqttinfer/broker"
+	"github.com/mqttinfer/mqttinfer/pipeline"
 )
 
-// Replier sends a reply to a request that came through the embedded broker;
-// *broker.Broker is one.
+// Replier sends the replies of requests over MQTT; *broker.Broker is one
+// (the embedded broker), the remote worker's connection another.
 type Replier interface {
-	Reply(r *broker.Request, payload []byte, status int) error
+	Send(reply pipeline.Reply, qos byte) error
 }
 
 // Task is one request for the pool, from whichever front door: the job and
@@ -32,6 +32,10 @@ type Task struct {
 	// Settle, when set, is called with the share of its up-front cost a
 	// request really used, for models whose output is metered.
 	Settle func(share float64)
+	// Skip, when set, is called when the request's turn comes, before it
+	// runs; when it returns true the request is not run (Skip has answered
+	// it, from a cache of replies) and only Done is called.
+	Skip func() bool
 }
 
 // lane keeps one device's requests for one model in arrival order: a worker
@@ -158,32 +162,47 @@ func (p *Pool) Cancel(device, id string) bool {
 
 func cancelKey(device, id string) string { return device + "\x00" + id }
 
-// Dispatch takes a request from the embedded broker (broker.Dispatcher).
-func (p *Pool) Dispatch(r *broker.Request) error {
+// Dispatch takes a request from the embedded broker (broker.Dispatcher):
+// its replies go out through the Replier given to Start.
+func (p *Pool) Dispatch(r *pipeline.Request) error { return p.Serve(r, p.replier, Task{}) }
+
+// Serve queues a request that came over MQTT, from any transport: its
+// replies (a result, or stream events) are encoded for it
+// (pipeline.Request.Reply) and sent through out, and its throttle is
+// settled and released (r.Done) when it ends. extra may set Context, Skip
+// and Done (called after r.Done). A full queue is an error, as for Submit;
+// the caller then refunds and releases r.
+func (p *Pool) Serve(r *pipeline.Request, out Replier, extra Task) error {
 	send := func(v any, status int) {
-		payload, err := r.Encode(v)
+		reply, err := r.Reply(v, status)
 		if err != nil {
 			p.core.log().Error("encode reply", "error", err)
 			return
 		}
-		if err := p.replier.Reply(r, payload, status); err != nil {
-			p.core.log().Warn("publish reply", "device", r.Topic.Device, "error", err)
+		if err := out.Send(reply, r.QoS); err != nil {
+			p.core.log().Warn("publish reply", "device", r.Device(), "error", err)
 		}
 	}
-	return p.Submit(Task{
-		Job: Job{
-			Version:   r.Topic.Version,
-			Device:    r.Topic.Device,
-			Model:     r.Topic.Model,
-			Request:   r.Body,
-			Received:  r.Received,
-			RateLimit: r.RateLimit,
-		},
-		Result: func(res api.Result) { send(res, res.Status) },
-		Event:  func(ev api.StreamEvent) { send(ev, ev.Status) },
-		Done:   r.Done,
-		Settle: r.Settle,
-	})
+	t := extra
+	t.Job = Job{
+		Version:   r.Topic.Version,
+		Device:    r.Device(),
+		Model:     r.Topic.Model,
+		Request:   r.Body,
+		Received:  r.Received,
+		RateLimit: r.RateLimit,
+	}
+	t.Result = func(res api.Result) { send(res, res.Status) }
+	t.Event = func(ev api.StreamEvent) { send(ev, ev.Status) }
+	t.Settle = r.Settle
+	done := extra.Done
+	t.Done = func() {
+		r.Done()
+		if done != nil {
+			done()
+		}
+	}
+	return p.Submit(t)
 }
 
 // Stop stops intake, lets the workers finish every queued and running
@@ -263,6 +282,9 @@ func (p *Pool) handle(tk *task) {
 		}
 	}()
 	j := tk.Job
+	if tk.Skip != nil && tk.Skip() {
+		return
+	}
 	p.core.Metrics.QueueWait(time.Since(j.Received).Seconds())
 	p.core.Metrics.Busy(1)
 	defer p.core.Metrics.Busy(-1)

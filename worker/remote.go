@@ -14,7 +14,7 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/mqttinfer/mqttinfer/api"
-	"github.com/mqttinfer/mqttinfer/broker"
+	"github.com/mqttinfer/mqttinfer/pipeline"
 	"github.com/mqttinfer/mqttinfer/throttle"
 	"github.com/mqttinfer/mqttinfer/topics"
 )
@@ -677,7 +677,7 @@ func (r *Remote) answer(d *delivery) (reply []byte, keep bool) {
 func (r *Remote) answerUnrun(d *delivery, job Job) (reply []byte, keep bool) {
 	r.refund(d)
 	if l := r.opts.Throttle; l != nil {
-		job.RateLimit = broker.RateLimit(l.Peek(d.topic.Device, d.topic.Model))
+		job.RateLimit = pipeline.RateLimit(l.Peek(d.topic.Device, d.topic.Model))
 	}
 	reply, status, _ := r.run(d, job)
 	r.send(d, reply)
@@ -700,7 +700,7 @@ func (r *Remote) admit(d *delivery) {
 		return
 	}
 	dec := l.AllowN(t.Device, t.Model, len(d.body.Inputs))
-	d.rl = broker.RateLimit(dec)
+	d.rl = pipeline.RateLimit(dec)
 	switch {
 	case dec.Allowed:
 		d.admitted, d.cost = true, dec.Cost
@@ -782,7 +782,7 @@ func (r *Remote) reject(d *delivery, id string, e *api.Error) []byte {
 	res := api.ErrorResult(id, d.topic.Model, e)
 	res.RateLimit = d.rl
 	if l := r.opts.Throttle; l != nil && res.RateLimit == nil {
-		res.RateLimit = broker.RateLimit(l.Peek(d.topic.Device, d.topic.Model))
+		res.RateLimit = pipeline.RateLimit(l.Peek(d.topic.Device, d.topic.Model))
 	}
 	reply := r.encode(d.topic, res)
 	r.send(d, reply)
