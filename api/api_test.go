@@ -240,14 +240,21 @@ func TestPeekReply(t *testing.T) {
 			b  []byte
 			ct string
 		}{{js, ""}, {cb, ContentTypeCBOR}} {
-			id, status, ok := PeekReply(body.b, body.ct)
-			if !ok || id != tc.id || status != tc.status {
-				t.Errorf("PeekReply(%T, %q) = %q %d %v", tc.v, body.ct, id, status, ok)
+			h, ok := PeekReply(body.b, body.ct)
+			if !ok || h.ID != tc.id || h.Status != tc.status || h.Final() != (tc.status != 0) {
+				t.Errorf("PeekReply(%T, %q) = %+v %v", tc.v, body.ct, h, ok)
 			}
 		}
 	}
-	if _, _, ok := PeekReply([]byte("not json"), ""); ok {
+	if _, ok := PeekReply([]byte("not json"), ""); ok {
 		t.Error("garbage read as a reply")
+	}
+	if h, ok := PeekRequest([]byte(`{"id":"x","cancel":true}`), ""); !ok || h.ID != "x" || !h.Cancel {
+		t.Errorf("PeekRequest: %+v %v", h, ok)
+	}
+	cb, _ := MarshalCBOR(map[string]any{"id": "y", "input": map[string]any{"pcm16": []byte{1, 2}}})
+	if h, ok := PeekRequest(cb, ContentTypeCBOR); !ok || h.ID != "y" || h.Cancel {
+		t.Errorf("PeekRequest CBOR: %+v %v", h, ok)
 	}
 }
 

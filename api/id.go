@@ -45,23 +45,48 @@ func ContentID(topic string, body []byte) string {
 	return "c-" + strconv.FormatUint(h.Sum64(), 16)
 }
 
-// PeekReply reads the id and the status of a reply (a Result or a
-// StreamEvent) without the rest: status 0 is a stream's delta event, any
-// other status a final reply. The body is JSON, or CBOR when contentType is
-// ContentTypeCBOR. ok is false when the body is neither.
-func PeekReply(body []byte, contentType string) (id string, status int, ok bool) {
-	var r struct {
-		ID     string `json:"id" cbor:"id"`
-		Status int    `json:"status" cbor:"status"`
+// ReplyHead is what a worker needs to know of a reply another worker sent:
+// which request it answers and whether it ends it.
+type ReplyHead struct {
+	ID string `json:"id" cbor:"id"`
+	// Status is the reply's status; 0 for a stream's delta event.
+	Status int `json:"status" cbor:"status"`
+	// Seq is a stream event's sequence number.
+	Seq int `json:"seq" cbor:"seq"`
+}
+
+// Final reports whether the reply ends its request: a result, or a
+// stream's done or error event.
+func (h ReplyHead) Final() bool { return h.Status != 0 }
+
+// PeekReply reads the head of a reply (a Result or a StreamEvent) without
+// the rest. The body is JSON, or CBOR when contentType is ContentTypeCBOR;
+// ok is false when it is neither.
+func PeekReply(body []byte, contentType string) (h ReplyHead, ok bool) {
+	return h, peek(body, contentType, &h)
+}
+
+// RequestHead is what a worker that only holds a copy of a request needs to
+// know of it.
+type RequestHead struct {
+	ID     string `json:"id" cbor:"id"`
+	Cancel bool   `json:"cancel" cbor:"cancel"`
+}
+
+// PeekRequest reads the id and the cancel flag of a request body, JSON or
+// (contentType ContentTypeCBOR) CBOR, without the rest. ok is false when the
+// body is neither; an id longer than MaxRequestIDLen reads as "".
+func PeekRequest(body []byte, contentType string) (h RequestHead, ok bool) {
+	ok = peek(body, contentType, &h)
+	if len(h.ID) > MaxRequestIDLen {
+		h.ID = ""
 	}
-	var err error
+	return h, ok
+}
+
+func peek(body []byte, contentType string, v any) bool {
 	if contentType == ContentTypeCBOR {
-		err = cborDec.Unmarshal(body, &r)
-	} else {
-		err = json.Unmarshal(body, &r)
+		return cborDec.Unmarshal(body, v) == nil
 	}
-	if err != nil {
-		return "", 0, false
-	}
-	return r.ID, r.Status, true
+	return json.Unmarshal(body, v) == nil
 }

@@ -143,8 +143,10 @@ type Remote struct {
 	// Broker is the broker URL, e.g. "tcp://127.0.0.1:1883" or
 	// "unix:///run/mqtt.sock". Load turns "host:port" into "tcp://host:port".
 	Broker string `mapstructure:"broker" yaml:"broker"`
-	// Group is the shared-subscription group the workers split requests in.
+	// Group names the workers that share the devices between them.
 	Group string `mapstructure:"group" yaml:"group"`
+	// MQTTVersion is the protocol of the worker's connection: "5" or "3.1.1".
+	MQTTVersion string `mapstructure:"mqtt_version" yaml:"mqtt_version"`
 	// ClientID is the worker's MQTT client id; Load and Default fill in
 	// "<prefix>-worker-<8 random hex digits>" when it is empty (the prefix
 	// made into a valid id, the random part drawn once per process).
@@ -294,9 +296,10 @@ func defaults() Config {
 			MaxDeadline:     60 * time.Second,
 		},
 		Remote: Remote{
-			Broker:   "tcp://127.0.0.1:1883",
-			Group:    "mqttinfer",
-			DedupTTL: 2 * time.Minute,
+			Broker:      "tcp://127.0.0.1:1883",
+			Group:       "mqttinfer",
+			MQTTVersion: "5",
+			DedupTTL:    2 * time.Minute,
 		},
 		Models: Models{
 			Dir:     ".cache/models",

@@ -492,7 +492,7 @@ func TestCommandFlags(t *testing.T) {
 		{WorkerCmd, map[string]string{
 			"node": "node", "prefix": "prefix", "log-level": "log_level", "log-format": "log_format", "max-request-size": "mqtt.max_request_size",
 			"throttle-rate": "throttle.rate", "throttle-burst": "throttle.burst", "throttle-in-flight": "throttle.max_in_flight", "queue-size": "worker.queue_size",
-			"broker": "remote.broker", "group": "remote.group", "client-id": "remote.client_id", "username": "remote.username",
+			"broker": "remote.broker", "group": "remote.group", "mqtt-version": "remote.mqtt_version", "client-id": "remote.client_id", "username": "remote.username",
 			"ca-file": "remote.tls_ca_file", "cert-file": "remote.tls_cert_file", "key-file": "remote.tls_key_file", "tls-server-name": "remote.tls_server_name",
 			"throttle": "remote.throttle", "worker-throttle": "remote.throttle", "concurrency": "remote.concurrency", "worker-concurrency": "remote.concurrency",
 			"http-addr": "remote.http_addr", "models-dir": "models.dir", "model-threads": "models.threads", "chat-url": "models.chat.base_url", "chat-model": "models.chat.model",

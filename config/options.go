@@ -161,8 +161,10 @@ var options = []option{
 
 	{key: "remote.broker", flag: "broker", on: worker | clients, usage: "broker URL: tcp://, ssl://, ws://, wss://, unix:///path ... (host:port = tcp://host:port)", unit: "URL",
 		doc: "Broker that `mqttinfer worker` and the client commands connect to: `tcp://`, `mqtt://`, `ssl://`, `tls://`, `mqtts://`, `ws://`, `wss://` or `unix:///path/to/socket`. `host:port` is short for `tcp://host:port`."},
-	{key: "remote.group", flag: "group", on: worker, usage: "shared-subscription group of the workers",
-		doc: "Shared-subscription group: the workers of one group split the requests between them (`$share/<group>/<prefix>/+/req/+/+`). A valid id."},
+	{key: "remote.group", flag: "group", on: worker, usage: "group of workers that share the devices",
+		doc: "Group of `mqttinfer worker`s that share the devices: each device is served by one live worker of the group at a time (its throttle bucket, in-flight count, model state and request order stay exact), and its requests move to another within moments when that worker leaves or dies. The workers of a group find each other through their retained status. A valid id."},
+	{key: "remote.mqtt_version", flag: "mqtt-version", on: worker, usage: "MQTT version of the worker's connection: 5 or 3.1.1",
+		doc: "MQTT version `mqttinfer worker` speaks to its broker: `5`, or `3.1.1` for brokers without MQTT 5. Over 3.1.1 the worker sees no MQTT 5 properties: requests' response topics, correlation data and CBOR content type are lost (replies go to the device's result topic, in JSON), and it gets its own replies back (no no-local subscriptions)."},
 	{key: "remote.client_id", flag: "client-id", on: worker, usage: "MQTT client id of the worker (default <prefix>-worker-<random>)", def: "`<prefix>-worker-<random>`",
 		doc: "MQTT client id of `mqttinfer worker`. A valid id. By default the prefix (characters outside `[A-Za-z0-9._-]`, `/` included, made `-`), `-worker-` and 8 random hex digits drawn at start, cut to 64 bytes at the prefix: two workers never share an id, and the workers of two services on one broker are told apart by their prefix."},
 	{key: "remote.username", flag: "username", on: worker | clients, usage: "broker username (password: $MQTTINFER_REMOTE_PASSWORD)",

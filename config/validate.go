@@ -167,6 +167,9 @@ func (c Config) Validate(knownModels []string) error {
 		bad("remote.concurrency", r.Concurrency, "must be 0 (2 × GOMAXPROCS) or more")
 	}
 	positive(bad, "remote.dedup_ttl", r.DedupTTL)
+	if r.MQTTVersion != "5" && r.MQTTVersion != "3.1.1" {
+		bad("remote.mqtt_version", r.MQTTVersion, "must be 5 or 3.1.1")
+	}
 	// The worker's listener is in another process than serve's, so it may
 	// repeat one of their addresses.
 	if r.HTTPAddr != "" {

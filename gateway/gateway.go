@@ -86,16 +86,34 @@ type Options struct {
 	Log *slog.Logger
 }
 
-// New returns the HTTP handler of the gateway.
+// New returns the HTTP handler of the gateway: the operations routes of
+// Operations and the inference routes of the package comment.
+func New(opts Options) http.Handler {
+	mux := http.NewServeMux()
+	handleOperations(mux, opts.Gatherer, opts.Ready, opts.Pprof)
+	g := newGateway(opts)
+	for _, rt := range g.routes() {
+		mux.HandleFunc(rt.pattern, rt.handler)
+	}
+	return mux
+}
+
+// Operations returns the handler of a process's operations routes alone
+// (`mqttinfer worker --http-addr`):
 //
 //	GET /healthz  200 "ok" while the process serves HTTP (liveness)
 //	GET /readyz   200 when every readiness check passes, else 503; JSON body with each check
-//	GET /metrics  Prometheus text format
+//	GET /metrics  Prometheus text format (when gatherer is not nil)
 //
-// and the inference routes of the package comment.
-func New(opts Options) http.Handler {
+// and, with pprof, Go's profiler under /debug/pprof/.
+func Operations(gatherer prometheus.Gatherer, ready map[string]Check, pprof bool) http.Handler {
 	mux := http.NewServeMux()
-	if opts.Pprof {
+	handleOperations(mux, gatherer, ready, pprof)
+	return mux
+}
+
+func handleOperations(mux *http.ServeMux, gatherer prometheus.Gatherer, ready map[string]Check, withPprof bool) {
+	if withPprof {
 		mux.HandleFunc("/debug/pprof/", pprof.Index)
 		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
@@ -110,8 +128,8 @@ func New(opts Options) http.Handler {
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
 		status := http.StatusOK
-		checks := make(map[string]string, len(opts.Ready))
-		for name, check := range opts.Ready {
+		checks := make(map[string]string, len(ready))
+		for name, check := range ready {
 			if err := check(ctx); err != nil {
 				checks[name] = err.Error()
 				status = http.StatusServiceUnavailable
@@ -123,15 +141,9 @@ func New(opts Options) http.Handler {
 		w.WriteHeader(status)
 		_ = json.NewEncoder(w).Encode(map[string]any{"ready": status == http.StatusOK, "checks": checks})
 	})
-	if opts.Gatherer != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(opts.Gatherer, promhttp.HandlerOpts{}))
+	if gatherer != nil {
+		mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
 	}
-
-	g := newGateway(opts)
-	for _, rt := range g.routes() {
-		mux.HandleFunc(rt.pattern, rt.handler)
-	}
-	return mux
 }
 
 // gateway serves the inference routes.

@@ -65,6 +65,17 @@ type Streamer interface {
 	InferStream(ctx context.Context, req Request, emit func(delta any) error) (any, error)
 }
 
+// Forgetter is implemented by models that carry state per device (a
+// telemetry series, an audio stream). Forget drops the state of every
+// device for which match returns true and returns how many states it
+// dropped; the devices' next requests start afresh (a series warms up
+// again). A remote worker calls it for the devices it takes over from
+// another worker, so that it never resumes from what it knew of them
+// before they moved away.
+type Forgetter interface {
+	Forget(match func(device string) bool) int
+}
+
 // InputError is returned by a model when the input is well-formed JSON but not
 // a valid input for it; transports answer it with 422 invalid_input.
 type InputError struct{ Msg string }

@@ -102,8 +102,8 @@ func TestReplyAddressing(t *testing.T) {
 	if reply.Topic != "rr/d/replies" || !reply.Properties || reply.ContentType != api.ContentTypeCBOR || string(reply.CorrelationData) != "c" || reply.StatusValue() != "200" {
 		t.Fatalf("%+v", reply)
 	}
-	if id, status, ok := api.PeekReply(reply.Payload, reply.ContentType); !ok || id != "x" || status != 200 {
-		t.Fatalf("not CBOR: %q %d %v", id, status, ok)
+	if h, ok := api.PeekReply(reply.Payload, reply.ContentType); !ok || h.ID != "x" || h.Status != 200 {
+		t.Fatalf("not CBOR: %+v %v", h, ok)
 	}
 	// v1 stays JSON, whatever the content type.
 	r.Topic.Version = "v1"

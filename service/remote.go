@@ -2,67 +2,156 @@ package service
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
 	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/mqttinfer/mqttinfer/config"
+	"github.com/mqttinfer/mqttinfer/gateway"
 	"github.com/mqttinfer/mqttinfer/metrics"
+	"github.com/mqttinfer/mqttinfer/mqttclient"
 	"github.com/mqttinfer/mqttinfer/throttle"
 	"github.com/mqttinfer/mqttinfer/worker"
-	"github.com/prometheus/client_golang/prometheus"
 )
 
-// RunWorker runs a remote worker (`mqttinfer worker`) from cfg until ctx is
-// done, then stops gracefully.
-func RunWorker(ctx context.Context, cfg config.Config, log *slog.Logger) error {
-	models, err := NewModels(cfg, log)
+// Worker is a running remote worker (`mqttinfer worker`): the models, the
+// remote transport and, when remote.http_addr is set, its operations
+// listener (/metrics, /healthz, /readyz).
+type Worker struct {
+	cfg     config.Config
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	models  *Models
+	limiter *throttle.Limiter
+	remote  *worker.Remote
+	httpLn  net.Listener
+	httpSrv *http.Server
+}
+
+// NewWorker builds a remote worker from cfg, binding its HTTP listener (so
+// the address is known) without serving yet. cfg must have passed Validate.
+func NewWorker(cfg config.Config, log *slog.Logger) (*Worker, error) {
+	w := &Worker{cfg: cfg, log: log, reg: prometheus.NewRegistry()}
+	w.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m := metrics.New(w.reg)
+	tlsCfg, err := cfg.Remote.TLSConfig()
 	if err != nil {
-		return err
+		return nil, err
 	}
-	defer models.Close()
-	var limiter *throttle.Limiter
+	version, err := mqttclient.ParseVersion(cfg.Remote.MQTTVersion)
+	if err != nil {
+		return nil, err
+	}
+	if w.models, err = NewModels(cfg, log); err != nil {
+		return nil, err
+	}
 	if cfg.Remote.Throttle {
-		if limiter, err = NewThrottle(cfg, models.Registry); err != nil {
-			return err
+		if w.limiter, err = NewThrottle(cfg, w.models.Registry); err != nil {
+			w.models.Close()
+			return nil, err
 		}
 	}
 	core := &worker.Core{
-		Models:          models.Registry,
+		Models:          w.models.Registry,
 		DefaultDeadline: cfg.Worker.DefaultDeadline,
 		MaxDeadline:     cfg.Worker.MaxDeadline,
-		Metrics:         metrics.New(prometheus.NewRegistry()),
+		Metrics:         m,
 		Log:             log.With("component", "worker"),
 	}
-	r, err := worker.NewRemote(core, worker.RemoteOptions{
+	w.remote, err = worker.NewRemote(core, worker.RemoteOptions{
 		Broker:         cfg.Remote.Broker,
+		MQTTVersion:    version,
+		TLS:            tlsCfg,
 		ClientID:       cfg.Remote.ClientID,
 		Username:       cfg.Remote.Username,
 		Password:       cfg.Remote.Password,
 		Prefix:         cfg.Prefix,
 		Group:          cfg.Remote.Group,
-		Concurrency:    cfg.Remote.PoolSize(),
-		DedupTTL:       cfg.Remote.DedupTTL,
-		Throttle:       limiter,
-		MaxRequestSize: cfg.MQTT.MaxRequestSize,
-		QueueSize:      cfg.Worker.QueueSize,
 		Node:           cfg.Node,
 		Version:        Version,
+		Concurrency:    cfg.Remote.PoolSize(),
+		QueueSize:      cfg.Worker.QueueSize,
+		DedupTTL:       cfg.Remote.DedupTTL,
+		Throttle:       w.limiter,
+		MaxRequestSize: cfg.MQTT.MaxRequestSize,
 		Log:            log.With("component", "remote"),
 	})
 	if err != nil {
-		return err
+		w.models.Close()
+		return nil, err
 	}
+	if cfg.Remote.HTTPAddr != "" {
+		if w.httpLn, err = net.Listen("tcp", cfg.Remote.HTTPAddr); err != nil {
+			w.models.Close()
+			return nil, fmt.Errorf("http listener on %s: %w", cfg.Remote.HTTPAddr, err)
+		}
+		w.httpSrv = &http.Server{
+			Handler:           gateway.Operations(w.reg, map[string]gateway.Check{"group": w.remote.Ready}, cfg.HTTP.Pprof),
+			ReadHeaderTimeout: 10 * time.Second,
+		}
+	}
+	return w, nil
+}
+
+// HTTPAddr is the bound address of the operations listener ("" when off).
+func (w *Worker) HTTPAddr() string {
+	if w.httpLn == nil {
+		return ""
+	}
+	return w.httpLn.Addr().String()
+}
+
+// Registry is the worker's Prometheus registry.
+func (w *Worker) Registry() *prometheus.Registry { return w.reg }
+
+// Remote is the worker's transport.
+func (w *Worker) Remote() *worker.Remote { return w.remote }
+
+// Run serves until ctx is done, then leaves its group gracefully and
+// returns; the models are closed.
+func (w *Worker) Run(ctx context.Context) error {
+	defer w.models.Close()
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
-	wg.Go(func() { models.Run(ctx) })
-	if limiter != nil {
-		wg.Go(func() { limiter.Run(ctx) })
+	wg.Go(func() { w.models.Run(ctx) })
+	if w.limiter != nil {
+		wg.Go(func() { w.limiter.Run(ctx) })
 	}
-	log.Info("mqttinfer worker starting", "broker", cfg.Remote.Broker, "group", cfg.Remote.Group,
-		"prefix", cfg.Prefix, "models", models.Registry.Names(), "throttle", cfg.Remote.Throttle)
-	err = r.Run(ctx)
+	if w.httpSrv != nil {
+		wg.Go(func() {
+			if err := w.httpSrv.Serve(w.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				w.log.Error("http server stopped", "error", err)
+			}
+		})
+	}
+	r := w.cfg.Remote
+	w.log.Info("mqttinfer worker starting", "broker", r.Broker, "group", r.Group, "node", w.cfg.Node, "prefix", w.cfg.Prefix,
+		"models", w.models.Registry.Names(), "throttle", r.Throttle, "http", w.HTTPAddr())
+	err := w.remote.Run(ctx)
+	if w.httpSrv != nil {
+		hctx, hcancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_ = w.httpSrv.Shutdown(hctx)
+		hcancel()
+	}
 	cancel()
 	wg.Wait()
 	return err
+}
+
+// RunWorker runs a remote worker (`mqttinfer worker`) from cfg until ctx is
+// done, then stops gracefully.
+func RunWorker(ctx context.Context, cfg config.Config, log *slog.Logger) error {
+	w, err := NewWorker(cfg, log)
+	if err != nil {
+		return err
+	}
+	return w.Run(ctx)
 }

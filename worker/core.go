@@ -49,14 +49,19 @@ func (c *Core) Deadline(j Job) time.Time {
 	if d <= 0 {
 		d = 5 * time.Second
 	}
-	maxD := c.MaxDeadline
-	if maxD <= 0 {
-		maxD = 60 * time.Second
-	}
+	maxD := c.maxDeadline()
 	if j.Request.DeadlineMS > 0 {
 		d = time.Duration(j.Request.DeadlineMS) * time.Millisecond
 	}
 	return j.Received.Add(min(d, maxD))
+}
+
+// maxDeadline is the longest a request may wait for its answer.
+func (c *Core) maxDeadline() time.Duration {
+	if c.MaxDeadline <= 0 {
+		return 60 * time.Second
+	}
+	return c.MaxDeadline
 }
 
 // Run answers one job: a result with the model's output, or an error reply.

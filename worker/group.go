@@ -1,6 +1,8 @@
 package worker
 
 import (
+	"errors"
+	"fmt"
 	"hash/fnv"
 	"math/bits"
 	"slices"
@@ -98,7 +100,8 @@ type member struct {
 // groupChange is what the transport must do after the group's state moved.
 type groupChange struct {
 	publish bool  // this worker's status changed: publish it
-	start   []int // partitions to start serving (their held requests first)
+	start   []int // partitions to start serving afresh (their held requests first)
+	resume  []int // partitions let go of and kept after all: serve them again (held requests first)
 	stop    []int // partitions to stop taking requests for (their running ones finish)
 }
 
@@ -156,6 +159,28 @@ func (g *group) state() *GroupState {
 		acks[k] = v
 	}
 	return &GroupState{Count: Partitions, Claimed: g.claims.list(), Serving: g.serving.len(), Version: g.claimVer, Acks: acks}
+}
+
+// readiness says why the group is not ready to serve every device (nil
+// when it is): this worker has not joined yet, is leaving, or partitions
+// have no owner yet.
+func (g *group) readiness() error {
+	switch {
+	case !g.ready:
+		return errors.New("joining the group")
+	case g.leaving:
+		return errors.New("leaving the group")
+	}
+	free := 0
+	for k := range Partitions {
+		if !g.claims.has(k) && !g.claimedByOther(k) {
+			free++
+		}
+	}
+	if free > 0 {
+		return fmt.Errorf("%d of %d partitions have no worker yet", free, Partitions)
+	}
+	return nil
 }
 
 // idle reports whether this worker claims nothing (after leave: it may go).
@@ -265,7 +290,7 @@ func (g *group) evaluate(now time.Time) groupChange {
 		case desired.has(k) && g.draining.has(k):
 			g.draining.del(k)
 			g.serving.add(k)
-			c.start = append(c.start, k)
+			c.resume = append(c.resume, k)
 		case desired.has(k):
 		case g.serving.has(k):
 			g.serving.del(k)

@@ -127,7 +127,7 @@ func (s *sim) statusOf(w *simWorker, state string) Status {
 // apply carries out a change: a served partition always has requests
 // running; a stopped one drains for a while.
 func (s *sim) apply(w *simWorker, c groupChange) {
-	for _, k := range c.start {
+	for _, k := range append(c.start, c.resume...) {
 		w.busy[k] = true
 		w.gen[k]++
 	}

@@ -41,7 +41,10 @@ type Model struct {
 	lru series
 }
 
-var _ inference.Model = (*Model)(nil)
+var (
+	_ inference.Model     = (*Model)(nil)
+	_ inference.Forgetter = (*Model)(nil)
+)
 
 // New returns a Model with no series yet.
 func New(cfg Config) *Model {
@@ -157,6 +160,20 @@ func (m *Model) remove(s *series) {
 	delete(m.series, s.key)
 	s.prev.next, s.next.prev = s.next, s.prev
 	s.prev, s.next = nil, nil
+}
+
+// Forget drops the series of the devices match selects (inference.Forgetter).
+func (m *Model) Forget(match func(device string) bool) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for k, s := range m.series {
+		if match(k.device) {
+			m.remove(s)
+			n++
+		}
+	}
+	return n
 }
 
 // Len returns the number of series tracked.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"math/rand/v2"
 	"slices"
@@ -639,5 +640,25 @@ func TestWindowOrder(t *testing.T) {
 		if !slices.Equal(got, want) {
 			t.Fatalf("step %d: order gives %v, want %v", step, got, want)
 		}
+	}
+}
+
+// TestForget: the series of forgotten devices start over (warming up);
+// other devices keep theirs.
+func TestForget(t *testing.T) {
+	m := New(Config{})
+	for i := range 30 {
+		for _, d := range []string{"a", "b"} {
+			one(t, m, d, fmt.Sprintf(`{"sensor":"t","value":%d}`, 20+i%2))
+		}
+	}
+	if n := m.Forget(func(d string) bool { return d == "a" }); n != 1 {
+		t.Fatalf("forgot %d series, want 1", n)
+	}
+	if r := one(t, m, "a", `{"sensor":"t","value":20}`); !r.WarmingUp || r.N != 1 {
+		t.Errorf("forgotten device: %+v", r)
+	}
+	if r := one(t, m, "b", `{"sensor":"t","value":20}`); r.WarmingUp || r.N != 31 {
+		t.Errorf("kept device: %+v", r)
 	}
 }

@@ -77,14 +77,18 @@ type Model struct {
 	lru     stream // sentinel of a ring of all streams, most recently used first
 }
 
-var _ inference.Model = (*Model)(nil)
+var (
+	_ inference.Model     = (*Model)(nil)
+	_ inference.Forgetter = (*Model)(nil)
+)
 
 // stream is the carried state of one device's audio.
 type stream struct {
 	device string
 
 	// guarded by Model.mu
-	refs       int // requests holding the stream; never evicted while > 0
+	refs       int  // requests holding the stream; never evicted while > 0
+	forgotten  bool // Forget dropped it while held: it goes when released
 	lastUsed   int64
 	prev, next *stream
 
@@ -348,6 +352,12 @@ func (m *Model) acquire(device string) *stream {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s := m.streams[device]
+	if s != nil && s.forgotten {
+		// Forgotten while a request held it: a new stream starts afresh;
+		// the old one is dropped by its last release.
+		m.remove(s)
+		s = nil
+	}
 	if s == nil {
 		s = &stream{device: device}
 		m.streams[device] = s
@@ -368,6 +378,12 @@ func (m *Model) release(s *stream) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	s.refs--
+	if s.forgotten {
+		if s.refs == 0 && m.streams[s.device] == s {
+			m.remove(s)
+		}
+		return
+	}
 	s.lastUsed = now
 	m.unlink(s)
 	m.link(s)
@@ -405,6 +421,27 @@ func (m *Model) unlink(s *stream) {
 func (m *Model) remove(s *stream) {
 	delete(m.streams, s.device)
 	m.unlink(s)
+}
+
+// Forget drops the streams of the devices match selects
+// (inference.Forgetter); a stream a request holds is dropped when it is
+// released, and the device's next request starts a new one.
+func (m *Model) Forget(match func(device string) bool) int {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	n := 0
+	for d, s := range m.streams {
+		if !match(d) {
+			continue
+		}
+		if s.refs == 0 {
+			m.remove(s)
+		} else {
+			s.forgotten = true
+		}
+		n++
+	}
+	return n
 }
 
 // Len returns the number of device streams tracked.
