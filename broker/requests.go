@@ -92,6 +92,9 @@ func (h *requestHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 			h.b.log.Debug("publish on a malformed topic under the prefix dropped", "client", cl.ID, "topic", pk.TopicName, "error", err)
 			return pk, packets.CodeSuccessIgnore
 		}
+		if err == nil && (t.Kind == topics.KindResult || t.Kind == topics.KindSent) {
+			h.countRemote(t, pk)
+		}
 		return pk, nil // results, catalog and status from workers: the ACL decided
 	}
 
@@ -121,6 +124,19 @@ func (h *requestHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pac
 		return h.reject(in, e)
 	}
 	return h.handOff(in)
+}
+
+// countRemote counts a remote worker's final reply as it passes: a result
+// on a result topic, or the sent record of one that went to an MQTT 5
+// response topic (the two never both exist for one reply).
+func (h *requestHook) countRemote(t topics.Topic, pk packets.Packet) {
+	ct := ""
+	if t.Kind == topics.KindResult {
+		ct = pk.Properties.ContentType
+	}
+	if r, ok := api.PeekReply(pk.Payload, ct); ok && r.Final() {
+		h.b.opts.Metrics.RemoteRequest(t.Version, t.Model, r.Status)
+	}
 }
 
 // checkIdentity enforces that a device publishes requests only under its

@@ -23,6 +23,10 @@ type Metrics struct {
 	dropped    prometheus.Counter
 	dedup      prometheus.Counter
 	workerUp   *prometheus.GaugeVec
+	remote     *prometheus.CounterVec
+	partitions prometheus.Gauge
+	held       prometheus.Gauge
+	heldLost   prometheus.Counter
 }
 
 // New creates the collectors and registers them on reg.
@@ -75,8 +79,24 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help: "1 while a worker transport is running and accepting requests, by transport.",
 		}, []string{"transport"}),
 	}
+	m.remote = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mqttinfer_remote_requests_total",
+		Help: "Requests remote workers answered through this broker, by API version, model and status code, counted as their final replies pass (their own /metrics has the details).",
+	}, []string{"version", "model", "status"})
+	m.partitions = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "mqttinfer_worker_partitions",
+		Help: "Device partitions this remote worker serves now (of 256 in its group).",
+	})
+	m.held = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "mqttinfer_worker_held_requests",
+		Help: "Copies of other workers' requests this remote worker holds until their answers are seen.",
+	})
+	m.heldLost = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "mqttinfer_worker_held_dropped_total",
+		Help: "Copies of requests a remote worker dropped unanswered: no room, or no worker answered them before their deadline.",
+	})
 	reg.MustRegister(m.requests, m.latency, m.queueWait, m.rejected, m.throttled,
-		m.queueDepth, m.busy, m.connected, m.dropped, m.dedup, m.workerUp)
+		m.queueDepth, m.busy, m.connected, m.dropped, m.dedup, m.workerUp, m.remote, m.partitions, m.held, m.heldLost)
 	return m
 }
 
@@ -170,4 +190,30 @@ func (m *Metrics) WorkerUp(transport string, up bool) {
 		v = 1
 	}
 	m.workerUp.WithLabelValues(transport).Set(v)
+}
+
+// RemoteRequest counts a final reply of a remote worker passing the broker.
+func (m *Metrics) RemoteRequest(version, model string, status int) {
+	if m == nil {
+		return
+	}
+	m.remote.WithLabelValues(version, model, strconv.Itoa(status)).Inc()
+}
+
+// Group records a remote worker's share of its group: the partitions it
+// serves and the copies of requests it holds.
+func (m *Metrics) Group(partitions, held int) {
+	if m == nil {
+		return
+	}
+	m.partitions.Set(float64(partitions))
+	m.held.Set(float64(held))
+}
+
+// HeldDropped counts copies of requests dropped unanswered.
+func (m *Metrics) HeldDropped(n int) {
+	if m == nil {
+		return
+	}
+	m.heldLost.Add(float64(n))
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/mqttinfer/mqttinfer/inference"
 	"github.com/mqttinfer/mqttinfer/metrics"
 	"github.com/mqttinfer/mqttinfer/throttle"
+	"github.com/mqttinfer/mqttinfer/topics"
 	"github.com/mqttinfer/mqttinfer/worker"
 )
 
@@ -102,8 +103,10 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 	// The pool serves the embedded broker's requests when in-process
 	// workers are on, and the HTTP gateway's always: one path, two front doors.
 	s.pool = worker.NewPool(core, cfg.Worker.PoolSize(), cfg.Worker.QueueSize)
+	s.pool.Transport = "http"
 	if cfg.Worker.InProcess {
 		opts.Dispatcher = s.pool
+		s.pool.Transport = "in_process"
 	}
 	if s.broker, err = broker.New(opts); err != nil {
 		return nil, err
@@ -220,9 +223,15 @@ func (s *Service) Registry() *prometheus.Registry { return s.reg }
 // Models are the models this node serves.
 func (s *Service) Models() *inference.Registry { return s.models.Registry }
 
+// workersReady: something serves MQTT requests, and the in-process queue
+// has room. Without in-process workers that means a remote worker is
+// subscribed to the requests (otherwise every request is answered 503).
 func (s *Service) workersReady(context.Context) error {
 	if q := s.pool.QueueDepth(); q >= s.cfg.Worker.QueueSize {
 		return fmt.Errorf("request queue is full (%d)", q)
+	}
+	if !s.cfg.Worker.InProcess && !s.broker.HasSubscribers(topics.Request(s.cfg.Prefix, topics.Latest(), "readyz", "readyz")) {
+		return fmt.Errorf("no remote worker is connected (in-process workers are off): run mqttinfer worker --broker tcp://%s", s.broker.Addr())
 	}
 	return nil
 }

@@ -58,6 +58,12 @@ type task struct {
 // no second network hop, replies leave through the broker's inline client)
 // and the engine behind the HTTP gateway (Submit): one path, two front doors.
 type Pool struct {
+	// Transport names the pool in the mqttinfer_worker_up metric while it
+	// runs ("in_process": it serves the embedded broker's requests; "http":
+	// only the gateway's); "" reports nothing (the remote worker reports
+	// its connection instead).
+	Transport string
+
 	core    *Core
 	workers int
 	queue   chan *task
@@ -97,7 +103,9 @@ func (p *Pool) Start(r Replier) {
 		p.wg.Add(1)
 		go p.work()
 	}
-	p.core.Metrics.WorkerUp("in_process", true)
+	if p.Transport != "" {
+		p.core.Metrics.WorkerUp(p.Transport, true)
+	}
 }
 
 // Core is the core the pool runs requests on.
@@ -227,7 +235,9 @@ func (p *Pool) Stop(ctx context.Context) error {
 		<-done
 	}
 	p.cancel()
-	p.core.Metrics.WorkerUp("in_process", false)
+	if p.Transport != "" {
+		p.core.Metrics.WorkerUp(p.Transport, false)
+	}
 	return err
 }
 

@@ -375,7 +375,10 @@ func (s *session) run(ctx context.Context) error {
 	}
 	s.r.setSession(s)
 	s.r.core.Metrics.WorkerUp("remote", true)
-	defer s.r.core.Metrics.WorkerUp("remote", false)
+	defer func() {
+		s.r.core.Metrics.WorkerUp("remote", false)
+		s.r.core.Metrics.Group(0, 0)
+	}()
 	s.r.log.Info("connected; joining the group", "broker", o.Broker, "client_id", o.ClientID, "group", o.Group,
 		"node", o.Node, "incarnation", s.inc, "mqtt", s.conn.Version())
 	if err := s.publishCatalog(); err != nil {
@@ -671,6 +674,7 @@ func (s *session) apply(c groupChange) {
 	s.taking = s.taking || first
 	s.ready = s.g.readiness()
 	s.mu.Unlock()
+	s.r.core.Metrics.Group(n, s.held.len())
 	if first {
 		s.r.log.Info("taking requests", "partitions", n, "of", Partitions)
 		s.r.subscribedOnce.Do(func() { close(s.r.subscribed) })
@@ -769,6 +773,9 @@ func (s *session) heartbeat(now time.Time) {
 	if n := s.held.expire(now); n > 0 {
 		s.r.log.Warn("copies of requests dropped: no worker answered them before their deadline", "count", n)
 	}
+	m := s.r.core.Metrics
+	m.HeldDropped(s.held.takeDropped())
+	m.Group(s.g.serving.len(), s.held.len())
 	s.dirty = true
 }
 

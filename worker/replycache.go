@@ -94,13 +94,6 @@ func (c *replyCache) drop(e *list.Element) {
 	delete(c.entries, c.order.Remove(e).(*cached).key)
 }
 
-// len is the number of replies remembered.
-func (c *replyCache) len() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return len(c.entries)
-}
-
 // worthKeeping reports whether a final reply answers its request for good.
 // Transient outcomes (a deadline missed while waiting, throttling, a failed
 // or overloaded worker, a canceled request) are not remembered: the device

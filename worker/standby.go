@@ -50,7 +50,7 @@ type standby struct {
 	early     map[heldKey]earlyReply
 	earlyList list.List // of earlyEntry, oldest first
 
-	dropped int // copies dropped for lack of room or age (for metrics)
+	dropped int // copies dropped for lack of room or age, since takeDropped
 }
 
 // earlyReply is what was seen of a request's replies before its copy.
@@ -183,6 +183,13 @@ func (s *standby) expire(now time.Time) int {
 		delete(s.early, a.key)
 	}
 	s.dropped += n
+	return n
+}
+
+// takeDropped returns the copies dropped since its last call.
+func (s *standby) takeDropped() int {
+	n := s.dropped
+	s.dropped = 0
 	return n
 }
 
