@@ -171,14 +171,21 @@ func (g *group) readiness() error {
 	case g.leaving:
 		return errors.New("leaving the group")
 	}
-	free := 0
+	free, moving := 0, 0
+	desired := g.desired()
 	for k := range Partitions {
 		if !g.claims.has(k) && !g.claimedByOther(k) {
 			free++
 		}
+		if desired.has(k) != g.serving.has(k) {
+			moving++
+		}
 	}
-	if free > 0 {
+	switch {
+	case free > 0:
 		return fmt.Errorf("%d of %d partitions have no worker yet", free, Partitions)
+	case moving > 0:
+		return fmt.Errorf("%d partitions are moving to or from this worker", moving)
 	}
 	return nil
 }
