@@ -256,9 +256,23 @@ type Anomaly struct {
 }
 
 // Default returns the built-in defaults. They validate (with any model list).
-func Default() Config {
-	c := defaults()
+func Default() Config { return DefaultFor(ServeCmd) }
+
+// DefaultFor returns the built-in defaults of a command: those of Default,
+// except that a worker's node id has a random part (so that several
+// workers on one host stay apart in their group).
+func DefaultFor(cmd Command) Config {
+	c := defaultsFor(cmd)
 	c.resolve()
+	return c
+}
+
+// defaultsFor are the defaults of cmd as Load layers them.
+func defaultsFor(cmd Command) Config {
+	c := defaults()
+	if cmd == WorkerCmd {
+		c.Node = workerNode(c.Node, instance())
+	}
 	return c
 }
 
@@ -401,6 +415,11 @@ var instance = sync.OnceValue(func() string {
 // Deriving it from the prefix keeps the workers of two services that share a
 // broker (a public demo broker) apart; random keeps two workers of one
 // service apart.
+// workerNode is a worker's default node id: the host's, and random.
+func workerNode(host, random string) string {
+	return clip(host, topics.MaxIDLen-len(random)-1) + "-" + random
+}
+
 func workerClientID(prefix, random string) string {
 	suffix := "-worker-" + random
 	return clip(sanitizeID(prefix), max(topics.MaxIDLen-len(suffix), 1)) + suffix

@@ -46,7 +46,7 @@ func Load(fs *pflag.FlagSet) (Config, error) {
 	v.SetConfigType("yaml")
 	v.AllowEmptyEnv(true)
 
-	def := defaults()
+	def := defaultsFor(commandOf(fs))
 	for _, l := range leaves() {
 		if f := field(&def, l.key); !isNilish(f) {
 			v.SetDefault(l.key, f.Interface())

@@ -316,7 +316,7 @@ throttle:
 			if err != nil {
 				t.Fatalf("Load: %v", err)
 			}
-			want := defaults()
+			want := defaultsFor(cmp.Or(tt.cmd, ServeCmd))
 			tt.want(&want)
 			want.resolve()
 			if !reflect.DeepEqual(got, want) {
@@ -465,8 +465,8 @@ func TestFlagDefaultsAreTheDefaults(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s --%s=%s: %v", cmd, f.Name, f.DefValue, err)
 			}
-			if !reflect.DeepEqual(c, Default()) {
-				t.Errorf("%s --%s=%s (its help default) gives %+v, want Default()", cmd, f.Name, f.DefValue, c)
+			if !reflect.DeepEqual(c, DefaultFor(cmd)) {
+				t.Errorf("%s --%s=%s (its help default) gives %+v, want DefaultFor(%s)", cmd, f.Name, f.DefValue, c, cmd)
 			}
 		})
 	}

@@ -101,8 +101,8 @@ const (
 )
 
 var options = []option{
-	{key: "node", flag: "node", on: serve | worker, usage: "node id, used in the status topic", def: "host name, sanitised",
-		doc: "Node id of this process, used in the status topic `<prefix>/<ver>/status/<node>`. 1–64 bytes of `[A-Za-z0-9._-]`; by default the host name with other characters replaced by `-`."},
+	{key: "node", flag: "node", on: serve | worker, usage: "node id, used in the status topic (worker: unique in its group)", def: "host name, sanitised (worker: and `-<random>`)",
+		doc: "Node id of this process, used in the status topic `<prefix>/<ver>/status/<node>`; for `mqttinfer worker` also its identity in its group, which must be unique there (a worker that finds its node id taken by a live worker of its group exits). 1–64 bytes of `[A-Za-z0-9._-]`; by default the host name with other characters replaced by `-`, and for `mqttinfer worker` followed by `-` and 8 random hex digits drawn at start, so that several workers on one host stay apart."},
 	{key: "prefix", flag: "prefix", on: serve | worker | clients, usage: "topic prefix of the service",
 		doc: "Topic prefix of the service. On a shared broker (a public demo broker) use a random, private one."},
 	{key: "log_level", flag: "log-level", on: serve | worker, usage: "log level: debug, info, warn or error",
@@ -296,6 +296,25 @@ func field(c *Config, key string) reflect.Value {
 // a flag sets, so that Load needs nothing but the flag set.
 const keyAnnotation = "mqttinfer/config-key"
 
+// commandAnnotation is the annotation of the --config flag in which
+// BindFlags records the command, for the defaults that depend on it.
+const commandAnnotation = "mqttinfer/command"
+
+// commandOf is the command whose flags fs holds (BindFlags); ServeCmd
+// when there are none.
+func commandOf(fs *pflag.FlagSet) Command {
+	if fs != nil {
+		if f := fs.Lookup(FlagConfig); f != nil && len(f.Annotations[commandAnnotation]) == 1 {
+			for _, c := range []Command{ServeCmd, WorkerCmd, ClientCmd} {
+				if c.String() == f.Annotations[commandAnnotation][0] {
+					return c
+				}
+			}
+		}
+	}
+	return ServeCmd
+}
+
 // BindFlags registers on fs the --config flag and the flags that cmd (one
 // command) has: one for each option whose Flag column in REFERENCE.md names
 // cmd, and its alias. The flags' defaults are the defaults of Default, except
@@ -306,9 +325,10 @@ const keyAnnotation = "mqttinfer/config-key"
 // defined twice).
 func BindFlags(fs *pflag.FlagSet, cmd Command) {
 	fs.String(FlagConfig, "", "config file (YAML); default $"+EnvConfigFile+", else ./"+DefaultFile+" if it exists")
-	// Flag defaults come from defaults(), not Default(): a derived value
+	fs.Lookup(FlagConfig).Annotations = map[string][]string{commandAnnotation: {cmd.String()}}
+	// Flag defaults come from defaultsFor, not DefaultFor: a derived value
 	// such as the remote client id must not look as if it were set.
-	d := defaults()
+	d := defaultsFor(cmd)
 	for _, o := range options {
 		if o.on&cmd == 0 {
 			continue

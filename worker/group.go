@@ -124,7 +124,6 @@ type groupChange struct {
 // remote worker's session loop owns it.
 type group struct {
 	node, inc string
-	started   time.Time     // this incarnation's start: older statuses of its node are its predecessors'
 	timeout   time.Duration // a member silent this long is gone
 	busy      func(k int) bool
 
@@ -144,8 +143,8 @@ type group struct {
 	buried []string                       // gone, oldest first (bounded)
 }
 
-func newGroup(node, inc string, now time.Time, timeout time.Duration, busy func(int) bool) *group {
-	return &group{node: node, inc: inc, started: now, timeout: timeout, busy: busy,
+func newGroup(node, inc string, timeout time.Duration, busy func(int) bool) *group {
+	return &group{node: node, inc: inc, timeout: timeout, busy: busy,
 		members: map[string]*member{}, acks: map[string]uint64{}, scores: map[string]*[Partitions]uint64{}, gone: map[string]bool{}}
 }
 
@@ -194,31 +193,26 @@ func (g *group) readiness() error {
 func (g *group) idle() bool { return g.claims.len() == 0 }
 
 // status takes another worker's status (or this worker's own, coming back).
-// at is when it was published (its heartbeat time); retained says the
-// broker kept it from before this worker subscribed. It reports conflict
-// when another live worker uses this worker's node id.
-func (g *group) status(st Status, retained bool, now time.Time) (c groupChange, conflict bool) {
+// retained says the broker kept it from before this worker subscribed. A
+// status of this worker's node from another incarnation (a predecessor's,
+// or its will) may have overwritten this worker's on the broker: it is
+// published again.
+func (g *group) status(st Status, retained bool, now time.Time) groupChange {
 	at := time.UnixMilli(st.At)
 	if st.Node == g.node {
 		switch {
-		case st.Incarnation == g.inc:
-			if !g.ready {
-				g.ready = true
-				return g.evaluate(now), false
-			}
-			return groupChange{}, false
-		case st.State != "offline" && !retained && at.After(g.started):
-			return groupChange{}, true
-		default:
-			// A predecessor's status or will, which may have overwritten
-			// ours on the broker: publish ours again.
-			return groupChange{publish: true}, false
+		case st.Incarnation != g.inc:
+			return groupChange{publish: true}
+		case !g.ready:
+			g.ready = true
+			return g.evaluate(now)
 		}
+		return groupChange{}
 	}
 	if g.gone[st.Incarnation] {
 		// A late status of an incarnation that has ended: statuses of
 		// different incarnations of a node can arrive out of order.
-		return groupChange{}, false
+		return groupChange{}
 	}
 	m := g.members[st.Node]
 	switch {
@@ -227,9 +221,9 @@ func (g *group) status(st Status, retained bool, now time.Time) (c groupChange, 
 		if m != nil && m.inc == st.Incarnation {
 			delete(g.members, st.Node)
 		}
-		return g.evaluate(now), false
+		return g.evaluate(now)
 	case st.Partitions == nil || st.Partitions.Count != Partitions:
-		return groupChange{}, false // not a member that speaks this protocol
+		return groupChange{} // not a member that speaks this protocol
 	}
 	seen := now
 	if retained && st.At > 0 && at.Before(now) {
@@ -247,7 +241,7 @@ func (g *group) status(st Status, retained bool, now time.Time) (c groupChange, 
 	m.claimVer = st.Partitions.Version
 	m.acks = st.Partitions.Acks
 	m.seen = seen
-	return g.evaluate(now), false
+	return g.evaluate(now)
 }
 
 // leave starts a graceful departure: every partition is let go of, after

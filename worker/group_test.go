@@ -112,11 +112,7 @@ func (s *sim) deliver(r *simWorker, st Status, retained bool) {
 	if !r.alive {
 		return
 	}
-	c, conflict := r.g.status(st, retained, s.clock())
-	if conflict {
-		s.t.Fatalf("%s: node conflict on %+v", r.name, st)
-	}
-	s.apply(r, c)
+	s.apply(r, r.g.status(st, retained, s.clock()))
 }
 
 func (s *sim) statusOf(w *simWorker, state string) Status {
@@ -170,7 +166,7 @@ func (s *sim) apply(w *simWorker, c groupChange) {
 func (s *sim) join(name string) {
 	s.incs++
 	w := &simWorker{name: name, inc: fmt.Sprintf("inc%d", s.incs), order: s.incs, alive: true, busy: map[int]bool{}, gen: map[int]int{}, linkAt: map[string]time.Duration{}}
-	w.g = newGroup(name, w.inc, s.clock(), 30*time.Second, func(k int) bool { return w.busy[k] })
+	w.g = newGroup(name, w.inc, 30*time.Second, func(k int) bool { return w.busy[k] })
 	s.workers[w.inc] = w
 	// Subscribing delivers the retained statuses first, then the worker
 	// publishes its own, which comes back after them.

@@ -139,8 +139,9 @@ type Remote struct {
 	subscribed     chan struct{}
 	subscribedOnce sync.Once
 
-	mu  sync.Mutex
-	cur *session // the connected session, nil between connections
+	mu   sync.Mutex
+	cur  *session        // the connected session, nil between connections
+	incs map[string]bool // the incarnations of this process
 }
 
 // NewRemote checks opts and returns a Remote ready to Run.
@@ -295,7 +296,20 @@ func (r *Remote) session() *session {
 func (r *Remote) setSession(s *session) {
 	r.mu.Lock()
 	r.cur = s
+	if s != nil {
+		if r.incs == nil {
+			r.incs = map[string]bool{}
+		}
+		r.incs[s.inc] = true
+	}
 	r.mu.Unlock()
+}
+
+// ours reports whether inc is one of this process's incarnations.
+func (r *Remote) ours(inc string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.incs[inc]
 }
 
 // session is one connection of a Remote: an incarnation in its group.
@@ -307,9 +321,11 @@ type session struct {
 	events  chan mqttclient.Message
 	wake    chan struct{} // a partition's last running request finished
 
-	g     *group // owned by the loop
-	held  *standby
-	dirty bool // the status changed and is not published yet
+	g        *group // owned by the loop
+	held     *standby
+	dirty    bool   // the status changed and is not published yet
+	probed   bool   // the joining probe came back: the status may be published
+	conflict string // the incarnation of another live worker with this node id
 
 	mu       sync.Mutex
 	inflight [Partitions]int // requests handed to the pool and not finished
@@ -329,7 +345,7 @@ func newSession(r *Remote) *session {
 		held:    newStandby(maxHeld, r.core.maxDeadline()+5*time.Second),
 		ready:   errors.New("joining the group"),
 	}
-	s.g = newGroup(r.opts.Node, s.inc, s.started, 6*r.opts.Heartbeat, s.busy)
+	s.g = newGroup(r.opts.Node, s.inc, 6*r.opts.Heartbeat, s.busy)
 	return s
 }
 
@@ -384,7 +400,20 @@ func (s *session) run(ctx context.Context) error {
 	if err := s.publishCatalog(); err != nil {
 		s.r.log.Warn("publish catalog", "error", err)
 	}
-	s.publishStatus()
+	// Before it announces itself, the worker checks that no live worker
+	// of its group uses its node id: the retained statuses reach it before
+	// its own "joining" probe comes back.
+	probe, err := s.statusMessages("joining")
+	if err != nil {
+		s.conn.Close()
+		return err
+	}
+	p := probe[len(probe)-1]
+	p.Retain = false
+	if err := s.conn.Send(p); err != nil {
+		s.conn.Close()
+		return err
+	}
 
 	tick := time.NewTicker(s.r.opts.Heartbeat)
 	defer tick.Stop()
@@ -413,7 +442,7 @@ func (s *session) run(ctx context.Context) error {
 		case <-s.conn.Done():
 			return s.conn.Err()
 		}
-		if s.dirty && len(s.events) == 0 {
+		if s.dirty && s.probed && len(s.events) == 0 {
 			s.publishStatus()
 		}
 		if leaving == nil && s.g.idle() {
@@ -452,12 +481,10 @@ func (s *session) handle(m mqttclient.Message, now time.Time) error {
 		if json.Unmarshal(m.Payload, &st) != nil || st.Transport != transportRemote || st.Group != s.r.opts.Group {
 			return nil
 		}
-		c, conflict := s.g.status(st, m.Retain, now)
-		if conflict {
-			s.r.log.Error("node id conflict", "node", st.Node, "other_incarnation", st.Incarnation)
-			return errNodeConflict
+		if st.Node == s.r.opts.Node && !s.probed {
+			return s.probing(st, m.Retain, now)
 		}
-		s.apply(c)
+		s.apply(s.g.status(st, m.Retain, now))
 	case topics.KindRequest:
 		s.request(t, err, m, now, nil)
 	case topics.KindResult:
@@ -468,6 +495,28 @@ func (s *session) handle(m mqttclient.Message, now time.Time) error {
 		if err == nil {
 			s.observeSent(t, m, now)
 		}
+	}
+	return nil
+}
+
+// probing takes a status of this worker's node before its probe came
+// back: another live worker with this node id is a conflict, found when the
+// probe returns; the probe itself starts the worker's membership.
+func (s *session) probing(st Status, retained bool, now time.Time) error {
+	switch {
+	case st.Incarnation == s.inc:
+		if st.State != "joining" {
+			return nil
+		}
+		s.probed = true
+		if s.conflict != "" {
+			s.r.log.Error("another live worker of the group uses this node id; exiting", "node", st.Node, "other_incarnation", s.conflict)
+			return errNodeConflict
+		}
+		s.publishStatus()
+	case (st.State == "online" || st.State == "leaving") && !s.r.ours(st.Incarnation) &&
+		now.Sub(time.UnixMilli(st.At)) < s.g.timeout:
+		s.conflict = st.Incarnation
 	}
 	return nil
 }
@@ -806,9 +855,18 @@ func (s *session) statusMessages(state string) ([]mqttclient.Message, error) {
 	out := make([]mqttclient.Message, len(anns))
 	for i, a := range anns {
 		out[i] = mqttclient.Message{Topic: a.Topic, Payload: a.Payload, QoS: 1, Retain: true}
+		if state == "offline" {
+			// A worker's node id is random unless set: the broker forgets
+			// the retained statuses of workers gone for a day (MQTT 5).
+			out[i].Properties.MessageExpiry = offlineExpiry
+		}
 	}
 	return out, nil
 }
+
+// offlineExpiry is how long a broker keeps the retained offline status of
+// a worker that has gone.
+const offlineExpiry = 24 * time.Hour
 
 // publishStatus publishes the worker's status as it is now.
 func (s *session) publishStatus() {

@@ -685,3 +685,47 @@ func TestNewRemoteRejectsBadOptions(t *testing.T) {
 		t.Fatal("nil core accepted")
 	}
 }
+
+// TestRemoteNodeConflict: a second worker with a node id a live worker of
+// its group uses exits with a clear error; the first keeps serving.
+func TestRemoteNodeConflict(t *testing.T) {
+	url := rtBroker(t, nil)
+	first := rtRun(t, url, "same", rtCore(t, nil, newCountModel()))
+	settled(t, first)
+	r, err := NewRemote(rtCore(t, nil, newCountModel()), RemoteOptions{Broker: url, Group: "g", Node: "same", Heartbeat: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), rtWait)
+	defer cancel()
+	if err := r.Run(ctx); !errors.Is(err, errNodeConflict) {
+		t.Fatalf("second worker: %v, want the node conflict", err)
+	}
+	d := rtConnect(t, url, "still", mqttclient.V5)
+	d.send(t, "count", req("after"))
+	if r := d.result(t); r.Status != 200 {
+		t.Fatalf("%+v", r)
+	}
+	if err := first.Ready(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestRemoteTLSAndUnix: workers reach a broker with a private CA that
+// requires a client certificate, and one on a Unix socket.
+func TestRemoteTLSAndUnix(t *testing.T) {
+	ca := testenv.NewCA(t)
+	m := testenv.StartMosquitto(t, testenv.MosquittoOptions{TLS: ca, ClientCerts: true, Unix: true})
+	tlsw := rtRun(t, "ssl://"+m.TLSAddr, "tls-w", rtCore(t, nil, newCountModel()), func(o *RemoteOptions) { o.TLS = ca.ClientTLS(t, "worker") })
+	unixw := rtRun(t, "unix://"+m.Socket, "unix-w", rtCore(t, nil, newCountModel()))
+	settled(t, tlsw, unixw)
+	d := rtConnect(t, m.URL(), "sec-dev", mqttclient.V5)
+	for i := range 20 {
+		d.send(t, "count", req(fmt.Sprint(i)))
+	}
+	for i := range 20 {
+		if r := d.result(t); n(t, r) != i+1 {
+			t.Fatalf("%+v", r)
+		}
+	}
+}

@@ -120,6 +120,9 @@ func TestFlagsSetTheirCommandsKeys(t *testing.T) {
 			if !strings.Contains(strings.Join(tt.args, " "), "--client-id") {
 				want.Remote.ClientID = got.Remote.ClientID // derived from the prefix, checked in config
 			}
+			if tt.cmd == "worker" {
+				want.Node = config.DefaultFor(config.WorkerCmd).Node
+			}
 			gotY, _ := got.YAML()
 			wantY, _ := want.YAML()
 			if string(gotY) != string(wantY) {
