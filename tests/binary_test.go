@@ -3,6 +3,7 @@ package tests
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -15,6 +16,7 @@ import (
 
 	"github.com/mqttinfer/mqttinfer/api"
 	"github.com/mqttinfer/mqttinfer/topics"
+	"github.com/mqttinfer/mqttinfer/worker"
 )
 
 var (
@@ -139,15 +141,22 @@ func TestRemoteWorkerOnEmbeddedBroker(t *testing.T) {
 	svc := startService(t, cfg)
 
 	d := newDevice(t, svc.MQTTAddr(), cfg.Prefix, "remote-dev")
-	// Before any worker subscribes, a request is answered 503: nobody serves it.
+	// Before any worker subscribes, a request is answered 503: nobody
+	// serves it, and the node says it is not ready.
 	d.request("anomaly", sample("early", 1))
 	if r := d.replyStatus(503); r.Error.Type != api.ModelUnavailable {
 		t.Errorf("no worker: %+v", r.Error)
 	}
+	if body := httpGet(t, "http://"+svc.HTTPAddr()+"/readyz", 503); !strings.Contains(body, "no remote worker") {
+		t.Errorf("readyz without a worker: %s", body)
+	}
 
-	w := start(t, nil, bin, "worker", "--broker", "tcp://"+svc.MQTTAddr(), "--node", "w1", "--log-level", "info")
+	waddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	w := start(t, nil, bin, "worker", "--broker", "tcp://"+svc.MQTTAddr(), "--node", "w1", "--log-level", "info", "--http-addr", waddr)
 	w.waitLine(t, "taking requests")
 	waitFor(t, func() bool { return svc.HasSubscribers(topics.Request(cfg.Prefix, "v1", "x", "anomaly")) })
+	httpGet(t, "http://"+svc.HTTPAddr()+"/readyz", 200)
+	httpGet(t, "http://"+waddr+"/readyz", 200)
 
 	// The first token went to the 503 (it was refunded), so the bucket is full again.
 	d.request("anomaly", sample("via-worker", 21))
@@ -164,6 +173,52 @@ func TestRemoteWorkerOnEmbeddedBroker(t *testing.T) {
 	// A spoofed id is refused by the broker, never reaching the worker.
 	d.publish(topics.Request(cfg.Prefix, "v1", "someone-else", "anomaly"), mustJSON(t, sample("spoof", 1)))
 	d.replyStatus(403)
+
+	// The node counts what the worker answered; the worker has its own
+	// metrics; neither claims a transport that is off.
+	if n := metricValue(t, svc.HTTPAddr(), `mqttinfer_remote_requests_total{model="anomaly",status="200",version="v1"}`); n != 2 {
+		t.Errorf("node: remote requests answered 200: %v, want 2", n)
+	}
+	if n := metricValue(t, svc.HTTPAddr(), `mqttinfer_worker_up{transport="in_process"}`); n != 0 {
+		t.Errorf("node: in_process worker up %v with in-process workers off", n)
+	}
+	if n := metricValue(t, waddr, `mqttinfer_requests_total{model="anomaly",status="200",version="v1"}`); n != 2 {
+		t.Errorf("worker: requests answered 200: %v, want 2", n)
+	}
+	if n := metricValue(t, waddr, `mqttinfer_worker_partitions`); n != worker.Partitions {
+		t.Errorf("worker: partitions %v, want all %d", n, worker.Partitions)
+	}
+}
+
+// TestTwoDemosOnOneBroker: two people run the public-broker demo at once
+// on one broker, each with a prefix of their own and every id left to its
+// default: both complete, nothing lost.
+func TestTwoDemosOnOneBroker(t *testing.T) {
+	bin := binary(t)
+	addr := startMosquitto(t)
+	var wg sync.WaitGroup
+	for _, prefix := range []string{"demo-a1b2c3", "demo-d4e5f6"} {
+		w := start(t, nil, bin, "worker", "--broker", "tcp://"+addr, "--prefix", prefix, "--throttle", "--log-level", "info")
+		w.waitLine(t, "taking requests")
+		wg.Go(func() {
+			out, err := exec.Command(bin, "sim", "--broker", "tcp://"+addr, "--prefix", prefix, "--devices", "3", "--rate", "5",
+				"--duration", "3s", "--json").Output()
+			if err != nil {
+				t.Errorf("%s: sim: %v: %s", prefix, err, out)
+				return
+			}
+			var rep struct{ Sent, OK, Lost, Throttled int }
+			if err := json.Unmarshal(out, &rep); err != nil {
+				t.Errorf("%s: report %s: %v", prefix, out, err)
+				return
+			}
+			t.Logf("%s: %+v", prefix, rep)
+			if rep.Sent == 0 || rep.Lost != 0 || rep.OK+rep.Throttled != rep.Sent {
+				t.Errorf("%s: %+v", prefix, rep)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // TestRemoteWorkerOnMosquitto: a worker on a broker that is not ours
