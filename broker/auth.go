@@ -21,7 +21,8 @@ const (
 	RoleDevice Role = "device"
 	// RoleObserver reads every result, the catalog and status; it publishes nothing in the prefix.
 	RoleObserver Role = "observer"
-	// RoleWorker reads requests and publishes results, the catalog and status.
+	// RoleWorker reads requests and publishes results, the catalog, status
+	// and sent records.
 	RoleWorker Role = "worker"
 )
 
@@ -113,7 +114,7 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	}
 	switch c.Role {
 	case RoleWorker:
-		return !write || kind == "res" || kind == "models" || kind == "status"
+		return !write || kind == "res" || kind == "models" || kind == "status" || kind == "sent"
 	case RoleObserver:
 		return !write && readable(levels, "")
 	case RoleDevice:

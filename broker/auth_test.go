@@ -47,6 +47,8 @@ func TestACL(t *testing.T) {
 		{"d1", "plant/line1/temp", true, true}, // outside the prefix
 		{"d1", "acme/p10/v1/res/x/y", false, true},
 		{"ops", "acme/p1/+/res/+/+", false, true},
+		{"w1", "acme/p1/v1/sent/d1/anomaly", true, true},
+		{"d1", "acme/p1/v1/sent/d1/anomaly", true, false},
 		{"ops", "acme/p1/v1/req/ops/anomaly", true, false},
 		{"ops", "acme/p1/+/req/+/+", false, false},
 		{"w1", "$share/g/acme/p1/+/req/+/+", false, true},

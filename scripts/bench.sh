@@ -83,7 +83,19 @@ if command -v /usr/sbin/mosquitto >/dev/null; then
 	echo -n "mosquitto  "; summary <"$work/m100.json"; m100cpu=$(per_rt "$c0" "$c1" "$work/m100.json")
 	echo "mosquitto  broker + worker CPU per round trip: ${m10cpu} us (10 devices), ${m100cpu} us (100 devices)"
 	echo "ratio CPU per round trip, mosquitto+remote worker / embedded: $(python3 -c "print(round($m10cpu/$e10cpu,2))")x (10 devices), $(python3 -c "print(round($m100cpu/$e100cpu,2))")x (100 devices)"
-	kill "$wpid" "$mpid"; wait "$wpid" "$mpid" 2>/dev/null || true
+	# Scale-out: two more workers join the group. Every worker receives
+	# every request (and the others' replies) to keep the per-device
+	# guarantees, so the broker and the workers spend more per request.
+	wpids=("$wpid")
+	for i in 2 3; do
+		hp=$(freeport)
+		MQTTINFER_LOG_LEVEL=warn "$BIN" worker --broker "tcp://127.0.0.1:$mp" --http-addr "127.0.0.1:$hp" >"$work/worker$i.log" 2>&1 & wp=$!; pids+=("$wp"); wpids+=("$wp")
+		for _ in $(seq 1 200); do [ "$(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:$hp/readyz")" = 200 ] && break; sleep 0.05; done
+	done
+	c0=$(cpu_ms "$mpid" "${wpids[@]}"); sim "$mp" 100 120 >"$work/m3.json"; c1=$(cpu_ms "$mpid" "${wpids[@]}")
+	echo -n "mosquitto+3 workers "; summary <"$work/m3.json"; m3cpu=$(per_rt "$c0" "$c1" "$work/m3.json")
+	echo "ratio CPU per round trip, 3 workers / 1 worker on mosquitto (100 devices): $(python3 -c "print(round($m3cpu/$m100cpu,2))")x ($m3cpu us vs $m100cpu us)"
+	kill "${wpids[@]}" "$mpid"; wait "${wpids[@]}" "$mpid" 2>/dev/null || true
 	for n in 10 100; do
 		jq -rn --slurpfile e "$work/e$n.json" --slurpfile m "$work/m$n.json" \
 			'"ratio embedded/mosquitto+remote worker, \($e[0].devices) devices: \(($e[0].round_trips_per_sec / $m[0].round_trips_per_sec * 100 | floor) / 100)x round trips/s, p50 \(($m[0].latency.p50_ms / $e[0].latency.p50_ms * 100 | floor) / 100)x lower"'

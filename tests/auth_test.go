@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -109,4 +110,37 @@ func granted(t *testing.T, c paho.Client, filter string) bool {
 		return true
 	}
 	return false
+}
+
+// TestAuthRemoteWorkers: with auth on and in-process workers off, remote
+// workers log in with the worker role and serve the devices: the group
+// protocol (statuses, sent records, results) passes the ACL.
+func TestAuthRemoteWorkers(t *testing.T) {
+	creds := filepath.Join(t.TempDir(), "creds.yaml")
+	err := os.WriteFile(creds, []byte(`users:
+  - {username: mic-1, password: pw-mic, role: device}
+  - {username: w1, password: pw-w1, role: worker}
+`), 0o600)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := testConfig(t)
+	cfg.Auth.Enabled = true
+	cfg.Auth.CredentialsFile = creds
+	cfg.Worker.InProcess = false
+	cfg.Throttle.Enabled = false
+	svc := startService(t, cfg)
+	wcfg := cfg
+	wcfg.Remote.Broker = "tcp://" + svc.MQTTAddr()
+	wcfg.Remote.Username, wcfg.Remote.Password = "w1", "pw-w1"
+	startWorkers(t, wcfg, 2)
+	dev := &device{t: t, id: "mic-1", prefix: cfg.Prefix, msgs: make(chan paho.Message, 16)}
+	dev.c = connect(t, svc.MQTTAddr(), "mic-client", func(o *paho.ClientOptions) { o.SetUsername("mic-1").SetPassword("pw-mic") })
+	dev.subscribe(topics.ResultFilter(cfg.Prefix, "", "mic-1", ""))
+	for i := range 5 {
+		dev.request("anomaly", sample(fmt.Sprint(i), 20))
+	}
+	for range 5 {
+		dev.replyStatus(200)
+	}
 }
