@@ -225,9 +225,14 @@ func (g *group) status(st Status, retained bool, now time.Time) groupChange {
 	case st.Partitions == nil || st.Partitions.Count != Partitions:
 		return groupChange{} // not a member that speaks this protocol
 	}
+	// A retained status is taken as fresh: a member's clock may be behind
+	// this worker's, and declaring a live member gone could have two
+	// workers serve its partitions. Only one stamped long before any
+	// plausible clock skew (a status the broker kept through a restart, of
+	// a worker that never came back) counts as gone at once.
 	seen := now
-	if retained && st.At > 0 && at.Before(now) {
-		seen = at // a retained status is as fresh as its publication
+	if retained && st.At > 0 && now.Sub(at) > staleRetained {
+		seen = at
 	}
 	if m == nil || m.inc != st.Incarnation {
 		if m != nil {
@@ -252,6 +257,10 @@ func (g *group) leave(now time.Time) groupChange {
 	c.publish = true
 	return c
 }
+
+// staleRetained is the age past which a retained status of a member is
+// taken for a leftover rather than a live member with a skewed clock.
+const staleRetained = 10 * time.Minute
 
 // maxGone bounds the ended incarnations remembered.
 const maxGone = 1024

@@ -321,11 +321,12 @@ type session struct {
 	events  chan mqttclient.Message
 	wake    chan struct{} // a partition's last running request finished
 
-	g        *group // owned by the loop
-	held     *standby
-	dirty    bool   // the status changed and is not published yet
-	probed   bool   // the joining probe came back: the status may be published
-	conflict string // the incarnation of another live worker with this node id
+	g          *group // owned by the loop
+	held       *standby
+	dirty      bool      // the status changed and is not published yet
+	dirtySince time.Time // since when
+	probed     bool      // the joining probe came back: the status may be published
+	conflict   string    // the incarnation of another live worker with this node id
 
 	mu       sync.Mutex
 	inflight [Partitions]int // requests handed to the pool and not finished
@@ -442,7 +443,9 @@ func (s *session) run(ctx context.Context) error {
 		case <-s.conn.Done():
 			return s.conn.Err()
 		}
-		if s.dirty && s.probed && len(s.events) == 0 {
+		// Status changes are published together when the events have been
+		// taken, or at the latest after statusDelay under a steady stream.
+		if s.dirty && s.probed && (len(s.events) == 0 || time.Since(s.dirtySince) > statusDelay) {
 			s.publishStatus()
 		}
 		if leaving == nil && s.g.idle() {
@@ -706,7 +709,7 @@ func (s *session) observeSent(t topics.Topic, m mqttclient.Message, now time.Tim
 // apply carries out a change of the group's state.
 func (s *session) apply(c groupChange) {
 	if c.publish {
-		s.dirty = true
+		s.markDirty()
 	}
 	if len(c.start) > 0 {
 		s.forget(c.start)
@@ -825,8 +828,19 @@ func (s *session) heartbeat(now time.Time) {
 	m := s.r.core.Metrics
 	m.HeldDropped(s.held.takeDropped())
 	m.Group(s.g.serving.len(), s.held.len())
-	s.dirty = true
+	s.markDirty()
 }
+
+// markDirty notes that the status must be published.
+func (s *session) markDirty() {
+	if !s.dirty {
+		s.dirty, s.dirtySince = true, time.Now()
+	}
+}
+
+// statusDelay bounds how long a status change waits to be published while
+// events keep coming.
+const statusDelay = 20 * time.Millisecond
 
 // transportRemote is the transport of remote workers in their status.
 const transportRemote = "remote"
