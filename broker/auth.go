@@ -114,12 +114,16 @@ func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
 	}
 	switch c.Role {
 	case RoleWorker:
-		return !write || kind == "res" || kind == "models" || kind == "status" || kind == "sent"
+		switch kind {
+		case topics.KindResult.String(), topics.KindModels.String(), topics.KindStatus.String(), topics.KindSent.String():
+			return true
+		}
+		return !write
 	case RoleObserver:
 		return !write && readable(levels, "")
 	case RoleDevice:
 		if write {
-			return kind == "req"
+			return kind == topics.KindRequest.String()
 		}
 		return readable(levels, c.Username)
 	}
@@ -134,14 +138,14 @@ func readable(levels []string, device string) bool {
 		return false
 	}
 	switch levels[1] {
-	case "res":
+	case topics.KindResult.String():
 		if len(levels) != 4 || levels[3] == "#" {
 			return false
 		}
 		return device == "" && levels[2] != "#" || levels[2] == device
-	case "models":
+	case topics.KindModels.String():
 		return len(levels) == 2
-	case "status":
+	case topics.KindStatus.String():
 		return len(levels) == 3
 	}
 	return false

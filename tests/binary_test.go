@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mqttinfer/mqttinfer/api"
+	"github.com/mqttinfer/mqttinfer/internal/testenv"
 	"github.com/mqttinfer/mqttinfer/topics"
 	"github.com/mqttinfer/mqttinfer/worker"
 )
@@ -116,19 +117,9 @@ func (p *proc) waitLine(t *testing.T, s string) {
 }
 
 // startMosquitto starts Debian's mosquitto on a free port: the stand-in for
-// HiveMQ or EMQX, a broker that is not ours.
+// HiveMQ or EMQX, a broker that is not ours. It returns its host:port.
 func startMosquitto(t *testing.T) string {
-	t.Helper()
-	requireTool(t, "/usr/sbin/mosquitto", "mosquitto")
-	port := freePort(t)
-	conf := filepath.Join(t.TempDir(), "mosquitto.conf")
-	err := os.WriteFile(conf, []byte(fmt.Sprintf("listener %d 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\n", port)), 0o644)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := start(t, nil, "/usr/sbin/mosquitto", "-c", conf)
-	p.waitLine(t, "running")
-	return fmt.Sprintf("127.0.0.1:%d", port)
+	return testenv.StartMosquitto(t, testenv.MosquittoOptions{}).Addr
 }
 
 // TestRemoteWorkerOnEmbeddedBroker: `serve --in-process=false` checks and

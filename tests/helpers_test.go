@@ -5,11 +5,8 @@ package tests
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -21,6 +18,7 @@ import (
 
 	"github.com/mqttinfer/mqttinfer/api"
 	"github.com/mqttinfer/mqttinfer/config"
+	"github.com/mqttinfer/mqttinfer/internal/testenv"
 	"github.com/mqttinfer/mqttinfer/service"
 	"github.com/mqttinfer/mqttinfer/topics"
 )
@@ -255,26 +253,8 @@ func httpGet(t testing.TB, url string, want int) string {
 
 // freePort returns a free TCP port on 127.0.0.1 for programs that cannot be
 // told to pick one themselves.
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
+func freePort(t *testing.T) int { return testenv.FreePort(t) }
 
 // requireTool skips when a Debian-packaged tool is missing, unless the
 // Makefile asked for every real-data dependency (MQTTINFER_REQUIRE_TESTDATA).
-func requireTool(t *testing.T, path, pkg string) {
-	t.Helper()
-	if _, err := os.Stat(path); err == nil {
-		return
-	}
-	msg := fmt.Sprintf("%s is missing: apt-get install -y %s (make test does it)", path, pkg)
-	if os.Getenv("MQTTINFER_REQUIRE_TESTDATA") != "" {
-		t.Fatal(msg)
-	}
-	t.Skip(msg)
-}
+func requireTool(t *testing.T, path, pkg string) { testenv.Require(t, path, pkg) }

@@ -135,9 +135,7 @@ type Remote struct {
 	pool    *Pool
 	replies *replyCache
 
-	started        atomic.Bool
-	subscribed     chan struct{}
-	subscribedOnce sync.Once
+	started atomic.Bool
 
 	mu   sync.Mutex
 	cur  *session        // the connected session, nil between connections
@@ -197,15 +195,10 @@ func NewRemote(core *Core, opts RemoteOptions) (*Remote, error) {
 			Throttle: opts.Throttle,
 			Metrics:  core.Metrics,
 		},
-		pool:       NewPool(core, max(opts.Concurrency, 1), opts.QueueSize),
-		replies:    newReplyCache(opts.DedupTTL, opts.DedupSize),
-		subscribed: make(chan struct{}),
+		pool:    NewPool(core, max(opts.Concurrency, 1), opts.QueueSize),
+		replies: newReplyCache(opts.DedupTTL, opts.DedupSize),
 	}, nil
 }
-
-// Subscribed is closed once the worker serves its first partitions: from
-// then on it answers requests.
-func (r *Remote) Subscribed() <-chan struct{} { return r.subscribed }
 
 // Run connects (retrying until the broker is there), joins the group and
 // serves until ctx is done, then leaves gracefully: it hands its partitions
@@ -729,7 +722,6 @@ func (s *session) apply(c groupChange) {
 	s.r.core.Metrics.Group(n, s.held.len())
 	if first {
 		s.r.log.Info("taking requests", "partitions", n, "of", Partitions)
-		s.r.subscribedOnce.Do(func() { close(s.r.subscribed) })
 	}
 	if len(c.start)+len(c.stop)+len(c.resume) > 0 {
 		s.r.log.Debug("partitions moved", "start", len(c.start), "resume", len(c.resume), "stop", len(c.stop), "serving", n)

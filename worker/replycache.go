@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mqttinfer/mqttinfer/api"
 	"github.com/mqttinfer/mqttinfer/pipeline"
 )
 
@@ -100,7 +101,7 @@ func (c *replyCache) drop(e *list.Element) {
 // retries them with the same id and must get a fresh attempt.
 func worthKeeping(status int) bool {
 	switch {
-	case status >= 500, status == 408, status == 429, status == 499:
+	case status >= 500, status == api.DeadlineExceeded.Status(), status == api.RateLimited.Status(), status == api.Canceled.Status():
 		return false
 	}
 	return true
