@@ -729,3 +729,45 @@ func TestRemoteTLSAndUnix(t *testing.T) {
 		}
 	}
 }
+
+// TestRemoteMQTT311: workers that speak MQTT 3.1.1 (for brokers without
+// MQTT 5) keep the group working: affinity, the copies, a takeover.
+func TestRemoteMQTT311(t *testing.T) {
+	m := testenv.StartMosquitto(t, testenv.MosquittoOptions{})
+	v3 := func(o *RemoteOptions) { o.MQTTVersion = mqttclient.V311 }
+	a := rtRun(t, m.URL(), "a3", rtCore(t, nil, newCountModel()), v3)
+	b := rtRun(t, m.URL(), "b3", rtCore(t, nil, newCountModel()), v3)
+	settled(t, a, b)
+	var devs []*rtDevice
+	for i := range 6 {
+		devs = append(devs, rtConnect(t, m.URL(), fmt.Sprintf("v3-%d", i), mqttclient.V311))
+	}
+	for i := range 10 {
+		for _, d := range devs {
+			d.send(t, "count", req(fmt.Sprint(i)))
+		}
+	}
+	for _, d := range devs {
+		for i := range 10 {
+			if r := d.result(t); r.ID != fmt.Sprint(i) || n(t, r) != i+1 {
+				t.Fatalf("%s: %+v", d.id, r)
+			}
+		}
+	}
+	moved := map[string]bool{}
+	for _, d := range devs {
+		moved[d.id] = a.Serves(d.id)
+	}
+	a.stop(t) // b takes a's devices over, and starts their state afresh
+	settled(t, b)
+	for _, d := range devs {
+		want := 11
+		if moved[d.id] {
+			want = 1
+		}
+		d.send(t, "count", req("after"))
+		if r := d.result(t); r.ID != "after" || n(t, r) != want {
+			t.Fatalf("%s (moved %v): %+v, want count %d", d.id, moved[d.id], r, want)
+		}
+	}
+}
