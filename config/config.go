@@ -39,7 +39,9 @@ type Config struct {
 
 	MQTT     MQTT     `mapstructure:"mqtt" yaml:"mqtt"`
 	HTTP     HTTP     `mapstructure:"http" yaml:"http"`
+	TLS      TLS      `mapstructure:"tls" yaml:"tls"`
 	Auth     Auth     `mapstructure:"auth" yaml:"auth"`
+	Storage  Storage  `mapstructure:"storage" yaml:"storage"`
 	Throttle Throttle `mapstructure:"throttle" yaml:"throttle"`
 	Worker   Worker   `mapstructure:"worker" yaml:"worker"`
 	Remote   Remote   `mapstructure:"remote" yaml:"remote"`
@@ -50,8 +52,12 @@ type Config struct {
 type MQTT struct {
 	// TCPAddr is the MQTT-over-TCP listener (host:port); "" disables it.
 	TCPAddr string `mapstructure:"tcp_addr" yaml:"tcp_addr"`
-	// WSAddr is the MQTT-over-WebSocket listener (host:port); "" disables it.
+	// WSAddr is the MQTT-over-WebSocket listener (host:port); "" disables
+	// it. With a certificate (tls.cert_file) it is WebSocket over TLS.
 	WSAddr string `mapstructure:"ws_addr" yaml:"ws_addr"`
+	// TLSAddr is the MQTT-over-TLS listener (host:port); "" disables it.
+	// It needs tls.cert_file.
+	TLSAddr string `mapstructure:"tls_addr" yaml:"tls_addr"`
 	// MaxPacketSize is the largest MQTT packet the broker reads, in bytes.
 	MaxPacketSize int `mapstructure:"max_packet_size" yaml:"max_packet_size"`
 	// MaxRequestSize is the largest request payload, in bytes; larger
@@ -63,6 +69,30 @@ type MQTT struct {
 	MaxClients int `mapstructure:"max_clients" yaml:"max_clients"`
 	// SessionExpiry is the longest a disconnected persistent session is kept.
 	SessionExpiry time.Duration `mapstructure:"session_expiry" yaml:"session_expiry"`
+}
+
+// TLS configures the certificate of the embedded broker's TLS listeners
+// and of HTTPS, and mutual TLS.
+type TLS struct {
+	// CertFile is the server's PEM certificate (chain); "" means no TLS.
+	CertFile string `mapstructure:"cert_file" yaml:"cert_file"`
+	// KeyFile is its PEM private key.
+	KeyFile string `mapstructure:"key_file" yaml:"key_file"`
+	// ClientCAFile, when set, is a PEM file of the CAs whose client
+	// certificates the TLS listeners require (mutual TLS).
+	ClientCAFile string `mapstructure:"client_ca_file" yaml:"client_ca_file"`
+	// Identity is where a client certificate's identity comes from: "cn"
+	// (the subject's common name) or "san" (the first DNS name, else the
+	// first URI, of its subject alternative names).
+	Identity string `mapstructure:"identity" yaml:"identity"`
+}
+
+// Storage configures what the embedded broker keeps across restarts.
+type Storage struct {
+	// Dir is the directory of the broker's store (sessions, subscriptions,
+	// retained and queued QoS 1/2 messages) and of the journal of accepted
+	// requests; "" keeps nothing across a restart.
+	Dir string `mapstructure:"dir" yaml:"dir"`
 }
 
 // HTTP configures the HTTP gateway (/healthz, /readyz, /metrics, REST + SSE).
@@ -229,18 +259,24 @@ type VAD struct {
 	MaxStreams int `mapstructure:"max_streams" yaml:"max_streams"`
 	// IdleTTL is how long a device's audio stream state is kept without audio.
 	IdleTTL time.Duration `mapstructure:"idle_ttl" yaml:"idle_ttl"`
+	// MaxRequestSize is the largest vad request, in bytes.
+	MaxRequestSize int `mapstructure:"max_request_size" yaml:"max_request_size"`
 }
 
 // OCR configures the meter and display reading model (PP-OCRv4).
 type OCR struct {
 	// MaxPixels is the largest image accepted, in pixels, checked before decoding.
 	MaxPixels int `mapstructure:"max_pixels" yaml:"max_pixels"`
+	// MaxRequestSize is the largest ocr request, in bytes.
+	MaxRequestSize int `mapstructure:"max_request_size" yaml:"max_request_size"`
 }
 
 // Detect configures the object detection model (NanoDet-m, COCO).
 type Detect struct {
 	// MaxPixels is the largest image accepted, in pixels, checked before decoding.
 	MaxPixels int `mapstructure:"max_pixels" yaml:"max_pixels"`
+	// MaxRequestSize is the largest detect request, in bytes.
+	MaxRequestSize int `mapstructure:"max_request_size" yaml:"max_request_size"`
 	// MaxBatch is the most images run together in one batch; 1 switches batching off.
 	MaxBatch int `mapstructure:"max_batch" yaml:"max_batch"`
 	// MaxDelay is the longest a request waits for others to fill its batch.
@@ -287,13 +323,14 @@ func defaults() Config {
 		MQTT: MQTT{
 			TCPAddr:                "127.0.0.1:1883",
 			WSAddr:                 "127.0.0.1:1882",
-			MaxPacketSize:          256 << 10,
+			MaxPacketSize:          4 << 20,
 			MaxRequestSize:         64 << 10,
 			MaxClientWritesPending: 256,
 			MaxClients:             0,
 			SessionExpiry:          time.Hour,
 		},
 		HTTP: HTTP{Addr: "127.0.0.1:8080"},
+		TLS:  TLS{Identity: "cn"},
 		Auth: Auth{Enabled: false},
 		Throttle: Throttle{
 			Enabled:     true,
@@ -319,9 +356,9 @@ func defaults() Config {
 			Dir:     ".cache/models",
 			Threads: 1,
 			Anomaly: Anomaly{MaxSeries: 100000, IdleTTL: time.Hour},
-			VAD:     VAD{MaxStreams: 10000, IdleTTL: 5 * time.Minute},
-			OCR:     OCR{MaxPixels: 4_000_000},
-			Detect:  Detect{MaxPixels: 4_000_000, MaxBatch: 8, MaxDelay: 2 * time.Millisecond},
+			VAD:     VAD{MaxStreams: 10000, IdleTTL: 5 * time.Minute, MaxRequestSize: 512 << 10},
+			OCR:     OCR{MaxPixels: 4_000_000, MaxRequestSize: 2 << 20},
+			Detect:  Detect{MaxPixels: 4_000_000, MaxRequestSize: 2 << 20, MaxBatch: 8, MaxDelay: 2 * time.Millisecond},
 			Chat: Chat{APIKeyEnv: "MQTTINFER_CHAT_API_KEY", Timeout: 2 * time.Minute, IdleTimeout: 30 * time.Second,
 				MaxTokens: 512, Cost: 8},
 		},

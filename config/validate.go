@@ -49,7 +49,7 @@ func (c Config) Validate(knownModels []string) error {
 
 	// Listeners.
 	addrs := []struct{ key, val string }{
-		{"mqtt.tcp_addr", c.MQTT.TCPAddr}, {"mqtt.ws_addr", c.MQTT.WSAddr}, {"http.addr", c.HTTP.Addr},
+		{"mqtt.tcp_addr", c.MQTT.TCPAddr}, {"mqtt.ws_addr", c.MQTT.WSAddr}, {"mqtt.tls_addr", c.MQTT.TLSAddr}, {"http.addr", c.HTTP.Addr},
 	}
 	used := map[string]string{}
 	for _, a := range addrs {
@@ -94,6 +94,23 @@ func (c Config) Validate(knownModels []string) error {
 		bad("mqtt.session_expiry", m.SessionExpiry, "must be at most %v, the MQTT limit", maxSessionExpiry)
 	}
 
+	// TLS.
+	tc := c.TLS
+	switch {
+	case tc.CertFile != "" && tc.KeyFile == "":
+		bad("tls.key_file", tc.KeyFile, "must be set with tls.cert_file")
+	case tc.CertFile == "" && tc.KeyFile != "":
+		bad("tls.cert_file", tc.CertFile, "must be set with tls.key_file")
+	}
+	if tc.CertFile == "" && m.TLSAddr != "" {
+		bad("mqtt.tls_addr", m.TLSAddr, "needs tls.cert_file (and tls.key_file)")
+	}
+	if tc.CertFile == "" && tc.ClientCAFile != "" {
+		bad("tls.client_ca_file", tc.ClientCAFile, "needs tls.cert_file: client certificates are asked for by the TLS listeners")
+	}
+	if tc.Identity != "cn" && tc.Identity != "san" {
+		bad("tls.identity", tc.Identity, "must be cn or san")
+	}
 	if c.Auth.Enabled && c.Auth.CredentialsFile == "" {
 		bad("auth.credentials_file", c.Auth.CredentialsFile, "must be set when auth.enabled is true")
 	}
@@ -218,6 +235,21 @@ func (c Config) Validate(knownModels []string) error {
 	}
 	if c.Models.Chat.Cost < 1 {
 		bad("models.chat.cost", c.Models.Chat.Cost, "must be at least 1 token")
+	}
+	for _, ms := range []struct {
+		key  string
+		size int
+	}{
+		{"models.vad.max_request_size", c.Models.VAD.MaxRequestSize},
+		{"models.ocr.max_request_size", c.Models.OCR.MaxRequestSize},
+		{"models.detect.max_request_size", c.Models.Detect.MaxRequestSize},
+	} {
+		switch {
+		case ms.size <= 0:
+			bad(ms.key, ms.size, "must be greater than 0 bytes")
+		case ms.size > m.MaxPacketSize && m.MaxPacketSize > 0:
+			bad(ms.key, ms.size, "must be at most mqtt.max_packet_size (%d bytes)", m.MaxPacketSize)
+		}
 	}
 	if c.Models.Detect.MaxDelay < 0 {
 		bad("models.detect.max_delay", c.Models.Detect.MaxDelay, "must not be negative")
