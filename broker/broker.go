@@ -39,9 +39,13 @@ type Options struct {
 	// MaxPacketSize is the largest MQTT packet accepted, in bytes; a larger
 	// one resets the connection (mochi's behaviour). 0 = 256 KiB.
 	MaxPacketSize int
-	// MaxRequestSize is the largest request payload, in bytes; larger ones
-	// (up to MaxPacketSize) get 413 payload_too_large. 0 = 64 KiB.
+	// MaxRequestSize is the largest request payload, in bytes, of a model
+	// without a limit of its own (RequestLimit); larger ones (up to
+	// MaxPacketSize) get 413 payload_too_large. 0 = 64 KiB.
 	MaxRequestSize int
+	// RequestLimit returns a model's own request size limit in bytes, 0
+	// for none; nil means none has one.
+	RequestLimit func(model string) int
 	// MaxClientWritesPending bounds each client's outbound queue, in
 	// messages. mochi's default of 8192 costs ~88 KB per idle client. 0 = 256.
 	MaxClientWritesPending int
@@ -49,6 +53,10 @@ type Options struct {
 	MaxClients int
 	// SessionExpiry caps how long a disconnected persistent session is kept. 0 = 1h.
 	SessionExpiry time.Duration
+	// MaxKeepAlive caps the keep-alive of MQTT 5 clients, which CONNACK's
+	// Server Keep Alive tells them (also given to those asking for none);
+	// 0 = 60s, negative = no cap.
+	MaxKeepAlive time.Duration
 	// Credentials switch authentication on when non-nil: only these users may
 	// connect, and their role decides what they may publish and subscribe.
 	// nil is the open development mode.
@@ -104,6 +112,9 @@ func New(opts Options) (*Broker, error) {
 	if opts.SessionExpiry == 0 {
 		opts.SessionExpiry = time.Hour
 	}
+	if opts.MaxKeepAlive == 0 {
+		opts.MaxKeepAlive = time.Minute
+	}
 	if opts.Log == nil {
 		opts.Log = slog.New(slog.DiscardHandler)
 	}
@@ -115,8 +126,12 @@ func New(opts Options) (*Broker, error) {
 	if opts.MaxClients > 0 {
 		caps.MaximumClients = int64(opts.MaxClients)
 	}
-	// Paho's MQTT 5 clients reject acks that carry the publish's user properties.
+	// Paho's MQTT 5 clients reject acks that carry the publish's user
+	// properties, and expect to read a DISCONNECT with its reason code (for
+	// a Receive Maximum exceeded, say) before the connection closes: the
+	// broker sends it and lets the client close.
 	caps.Compatibilities.NoInheritedPropertiesOnAck = true
+	caps.Compatibilities.PassiveClientDisconnect = true
 
 	srv := mqtt.New(&mqtt.Options{
 		Capabilities: caps,
@@ -130,7 +145,12 @@ func New(opts Options) (*Broker, error) {
 		return nil, err
 	}
 	b.reqs = newRequestHook(b, auth)
-	for _, h := range []mqtt.Hook{auth, &statsHook{b: b}, b.reqs} {
+	maxKA := uint16(0)
+	if opts.MaxKeepAlive > 0 {
+		maxKA = uint16(min(opts.MaxKeepAlive/time.Second, math.MaxUint16))
+	}
+	conn := &connackHook{maxPacket: uint32(opts.MaxPacketSize), maxKeepAlive: maxKA}
+	for _, h := range []mqtt.Hook{auth, &statsHook{b: b}, conn, b.reqs} {
 		if err := srv.AddHook(h, nil); err != nil {
 			return nil, fmt.Errorf("add %s hook: %w", h.ID(), err)
 		}

@@ -41,6 +41,7 @@ type requestHook struct {
 func newRequestHook(b *Broker, auth *authHook) *requestHook {
 	adm := &pipeline.Admission{
 		MaxSize:  b.opts.MaxRequestSize,
+		Limit:    b.opts.RequestLimit,
 		HasModel: b.opts.HasModel,
 		Models:   b.opts.Models,
 		Throttle: b.opts.Throttle,

@@ -69,6 +69,8 @@ type MQTT struct {
 	MaxClients int `mapstructure:"max_clients" yaml:"max_clients"`
 	// SessionExpiry is the longest a disconnected persistent session is kept.
 	SessionExpiry time.Duration `mapstructure:"session_expiry" yaml:"session_expiry"`
+	// MaxKeepAlive caps the keep-alive of MQTT 5 clients (told in CONNACK).
+	MaxKeepAlive time.Duration `mapstructure:"max_keepalive" yaml:"max_keepalive"`
 }
 
 // TLS configures the certificate of the embedded broker's TLS listeners
@@ -328,6 +330,7 @@ func defaults() Config {
 			MaxClientWritesPending: 256,
 			MaxClients:             0,
 			SessionExpiry:          time.Hour,
+			MaxKeepAlive:           time.Minute,
 		},
 		HTTP: HTTP{Addr: "127.0.0.1:8080"},
 		TLS:  TLS{Identity: "cn"},

@@ -127,6 +127,8 @@ var options = []option{
 	{key: "mqtt.session_expiry", unit: "duration",
 		doc: "Longest time a disconnected persistent session (its subscriptions and queued QoS 1/2 messages) is kept. Clients that ask for longer get this. At least 1s."},
 
+	{key: "mqtt.max_keepalive", unit: "duration",
+		doc: "Longest keep-alive an MQTT 5 client may use: one that asks for more, or for none, is told this one in CONNACK (Server Keep Alive) and held to it, so that a vanished device is noticed within 1.5 times it. MQTT 3.1.1 clients cannot be told and keep theirs. 0 means no cap. At most 18h12m15s (65535 s)."},
 	{key: "http.addr", flag: "http-addr", on: serve, usage: "HTTP listen address for the gateway, /healthz, /readyz and /metrics (\"\" disables)",
 		doc: "HTTP listener of `mqttinfer serve`: REST + SSE gateway, `/healthz`, `/readyz`, `/metrics`, `host:port`. Empty disables it."},
 	{key: "http.pprof", flag: "pprof", on: serve, usage: "serve Go's profiler under /debug/pprof/",

@@ -111,6 +111,9 @@ func (c Config) Validate(knownModels []string) error {
 	if tc.Identity != "cn" && tc.Identity != "san" {
 		bad("tls.identity", tc.Identity, "must be cn or san")
 	}
+	if m.MaxKeepAlive < 0 || m.MaxKeepAlive > 65535*time.Second || m.MaxKeepAlive%time.Second != 0 {
+		bad("mqtt.max_keepalive", m.MaxKeepAlive, "must be whole seconds from 0 (no cap) to 65535s")
+	}
 	if c.Auth.Enabled && c.Auth.CredentialsFile == "" {
 		bad("auth.credentials_file", c.Auth.CredentialsFile, "must be set when auth.enabled is true")
 	}

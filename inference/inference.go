@@ -38,6 +38,10 @@ type Info struct {
 	// Unavailable is set, with the reason, when the model is known but cannot
 	// serve here (its runtime or weights are missing).
 	Unavailable string `json:"unavailable,omitempty"`
+	// MaxRequestSize is the largest request body the service accepts for
+	// the model, in bytes (the registry's, see Registry.SetMaxRequestSize);
+	// bigger requests are answered 413.
+	MaxRequestSize int `json:"max_request_bytes,omitempty"`
 }
 
 // Request is one inference call as a model sees it.
@@ -98,6 +102,26 @@ func IsInvalidInput(err error) bool {
 type Registry struct {
 	mu     sync.RWMutex
 	models map[string]Model
+	limits map[string]int // request size limits by model, bytes
+}
+
+// SetMaxRequestSize sets the largest request body accepted for the model
+// name, in bytes; the catalog states it.
+func (r *Registry) SetMaxRequestSize(name string, bytes int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.limits == nil {
+		r.limits = make(map[string]int)
+	}
+	r.limits[name] = bytes
+}
+
+// MaxRequestSize is the request size limit of the model name, in bytes; 0
+// when none is set (the transport's default applies).
+func (r *Registry) MaxRequestSize(name string) int {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	return r.limits[name]
 }
 
 // Register adds m under its Info().Name; a second model with the same name is an error.
@@ -151,7 +175,9 @@ func (r *Registry) Catalog() Catalog {
 	var c Catalog
 	for _, n := range r.Names() {
 		m, _ := r.Get(n)
-		c.Models = append(c.Models, m.Info())
+		info := m.Info()
+		info.MaxRequestSize = r.MaxRequestSize(n)
+		c.Models = append(c.Models, info)
 	}
 	return c
 }

@@ -16,9 +16,12 @@ const DefaultMaxSize = 64 << 10
 // it, in the order they arrived, before they queue. Its zero value admits
 // any well-formed request of up to DefaultMaxSize bytes.
 type Admission struct {
-	// MaxSize is the largest body, in bytes; larger ones are 413. 0 means
-	// DefaultMaxSize.
+	// MaxSize is the largest body, in bytes, of a model without a limit of
+	// its own; larger ones are 413. 0 means DefaultMaxSize.
 	MaxSize int
+	// Limit returns a model's own request size limit in bytes, 0 for none;
+	// nil means none has one.
+	Limit func(model string) int
 	// HasModel reports whether a model is served; nil skips the check (the
 	// worker's core answers 404 then). Models lists them for the 404.
 	HasModel func(name string) bool
@@ -41,8 +44,13 @@ func (a *Admission) Admit(r *Request) *api.Error {
 	if maxSize <= 0 {
 		maxSize = DefaultMaxSize
 	}
+	if a.Limit != nil {
+		if l := a.Limit(r.Topic.Model); l > 0 {
+			maxSize = l
+		}
+	}
 	if n := len(r.Payload); n > maxSize {
-		return api.Errorf(api.PayloadTooLarge, "request is %d bytes, the limit is %d", n, maxSize)
+		return api.Errorf(api.PayloadTooLarge, "request is %d bytes, the limit for model %q is %d", n, r.Topic.Model, maxSize)
 	}
 	body, e := api.Decode(r.Topic.Version, r.Payload, r.ContentType)
 	r.Body = body

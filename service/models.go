@@ -47,7 +47,8 @@ func NewModels(cfg config.Config, log *slog.Logger) (*Models, error) {
 		log.Warn("ONNX models unavailable", "reason", rtErr)
 	}
 	v, err := loadONNX(rtErr, vad.Describe, func() (*vad.Model, error) {
-		return vad.New(vad.Config{Dir: cfg.Models.Dir, Threads: cfg.Models.Threads, MaxStreams: cfg.Models.VAD.MaxStreams, IdleTTL: cfg.Models.VAD.IdleTTL})
+		return vad.New(vad.Config{Dir: cfg.Models.Dir, Threads: cfg.Models.Threads, MaxStreams: cfg.Models.VAD.MaxStreams, IdleTTL: cfg.Models.VAD.IdleTTL,
+			MaxSamples: vadSamples(cfg.Models.VAD.MaxRequestSize)})
 	})
 	if err := m.add(v, err, log); err != nil {
 		return nil, err
@@ -81,7 +82,23 @@ func NewModels(cfg config.Config, log *slog.Logger) (*Models, error) {
 	if err := m.loadChat(cfg.Models.Chat, log); err != nil {
 		return nil, err
 	}
+	for name, size := range map[string]int{
+		"anomaly": cfg.MQTT.MaxRequestSize,
+		"chat":    cfg.MQTT.MaxRequestSize,
+		"vad":     cfg.Models.VAD.MaxRequestSize,
+		"ocr":     cfg.Models.OCR.MaxRequestSize,
+		"detect":  cfg.Models.Detect.MaxRequestSize,
+	} {
+		m.Registry.SetMaxRequestSize(name, size)
+	}
 	return m, nil
+}
+
+// vadSamples is the most samples a vad request of size bytes can carry as
+// base64 pcm16 in JSON (1 KiB left for the envelope): the model's limit
+// matches the request size limit, and the catalog says how long it is.
+func vadSamples(size int) int {
+	return max((size-1024)*3/4/2, vad.SampleRate)
 }
 
 // add registers a loaded model, or logs why it could not load.

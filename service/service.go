@@ -6,6 +6,7 @@
 package service
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -81,9 +82,11 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 		WSAddr:                 cfg.MQTT.WSAddr,
 		MaxPacketSize:          cfg.MQTT.MaxPacketSize,
 		MaxRequestSize:         cfg.MQTT.MaxRequestSize,
+		RequestLimit:           s.models.Registry.MaxRequestSize,
 		MaxClientWritesPending: cfg.MQTT.MaxClientWritesPending,
 		MaxClients:             cfg.MQTT.MaxClients,
 		SessionExpiry:          cfg.MQTT.SessionExpiry,
+		MaxKeepAlive:           cmp.Or(cfg.MQTT.MaxKeepAlive, -1),
 		Throttle:               s.limiter,
 		Models:                 s.models.Registry.Names,
 		HasModel:               s.models.Registry.Has,

@@ -190,6 +190,7 @@ func NewRemote(core *Core, opts RemoteOptions) (*Remote, error) {
 		log:  log.With("component", "remote-worker"),
 		adm: &pipeline.Admission{
 			MaxSize:  opts.MaxRequestSize,
+			Limit:    core.Models.MaxRequestSize,
 			HasModel: core.Models.Has,
 			Models:   core.Models.Names,
 			Throttle: opts.Throttle,
