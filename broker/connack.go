@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"bytes"
+
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
@@ -32,10 +34,21 @@ func (h *connackHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	return nil
 }
 
-// OnPacketEncode adds the Maximum Packet Size to an MQTT 5 CONNACK.
+// OnPacketEncode adds the Maximum Packet Size to an MQTT 5 CONNACK, unless
+// that would make the CONNACK bigger than the client's own maximum packet
+// size (which the broker must respect: it would not send it at all).
 func (h *connackHook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet {
-	if pk.FixedHeader.Type == packets.Connack && cl.Properties.ProtocolVersion == 5 && h.maxPacket > 0 {
-		pk.Properties.MaximumPacketSize = h.maxPacket
+	if pk.FixedHeader.Type != packets.Connack || cl.Properties.ProtocolVersion != 5 || h.maxPacket == 0 {
+		return pk
 	}
-	return pk
+	with := pk
+	with.Properties.MaximumPacketSize = h.maxPacket
+	if limit := cl.Properties.Props.MaximumPacketSize; limit > 0 {
+		with.ProtocolVersion = 5
+		var buf bytes.Buffer
+		if with.ConnackEncode(&buf) != nil || uint32(buf.Len()) > limit {
+			return pk
+		}
+	}
+	return with
 }

@@ -269,6 +269,7 @@ func TestOversizePacketDisconnects(t *testing.T) {
 	cfg := testConfig(t)
 	cfg.MQTT.MaxRequestSize = 1024
 	cfg.MQTT.MaxPacketSize = 4096
+	cfg.Models.VAD.MaxRequestSize, cfg.Models.OCR.MaxRequestSize, cfg.Models.Detect.MaxRequestSize = 2048, 2048, 2048
 	svc := startService(t, cfg)
 	d := newDevice(t, svc.MQTTAddr(), cfg.Prefix, "huge-dev")
 	// Past the packet limit mochi resets the connection: the documented

@@ -75,6 +75,11 @@ func TestVADOverMQTT(t *testing.T) {
 	if err := json.Unmarshal(r.Output, &out); err != nil || out.Speech {
 		t.Errorf("speech found in silence: %s", r.Output)
 	}
+	// Ten seconds of audio in one request fit the default limits.
+	quiet.request("vad", map[string]any{"id": "ten", "input": map[string]any{"pcm16": base64.StdEncoding.EncodeToString(make([]byte, 10*chunk))}})
+	if r := quiet.replyStatus(200); r.ID != "ten" {
+		t.Errorf("10 s of audio: %+v", r)
+	}
 	// Bad audio is a clear 422.
 	quiet.request("vad", map[string]any{"id": "odd", "input": map[string]any{"pcm16": base64.StdEncoding.EncodeToString([]byte{1, 2, 3})}})
 	if r := quiet.replyStatus(422); r.Error.Type != api.InvalidInput || r.ID != "odd" {
@@ -204,10 +209,13 @@ func TestDetectOverMQTT(t *testing.T) {
 	cfg := testConfig(t)
 	withModels(&cfg)
 	cfg.Throttle.Enabled = false
-	cfg.MQTT.MaxRequestSize = 1 << 20 // the photo is 160 KB, base64 more
-	cfg.MQTT.MaxPacketSize = 2 << 20
-	svc := startService(t, cfg)
+	svc := startService(t, cfg) // the default limits take a camera frame: the photo is 160 KB, base64 218 KB
 	requireModel(t, svc, "detect")
+	for _, info := range svc.Models().Catalog().Models {
+		if want := map[string]int{"detect": 2 << 20, "ocr": 2 << 20, "vad": 512 << 10, "anomaly": 64 << 10}[info.Name]; want != 0 && info.MaxRequestSize != want {
+			t.Errorf("catalog: %s accepts %d bytes, want %d", info.Name, info.MaxRequestSize, want)
+		}
+	}
 	jpg, err := os.ReadFile(photo)
 	if err != nil {
 		t.Fatal(err)

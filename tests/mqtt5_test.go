@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os/exec"
 	"strings"
@@ -196,5 +197,38 @@ func TestMosquittoRR(t *testing.T) {
 	var r api.Result
 	if err := json.Unmarshal(bytes.TrimSpace(out), &r); err != nil || r.Status != 200 || r.ID != "rr-1" {
 		t.Fatalf("mosquitto_rr printed %q: %v", out, err)
+	}
+}
+
+// TestConnackTellsLimits: an MQTT 5 client learns the Maximum Packet Size
+// and, when it asks for a longer keep-alive than the broker allows, the
+// Server Keep Alive it must use.
+func TestConnackTellsLimits(t *testing.T) {
+	cfg := testConfig(t)
+	svc := startService(t, cfg)
+	for _, c := range []struct {
+		ask, want uint16
+		told      bool
+	}{{120, 60, true}, {0, 60, true}, {30, 30, false}} {
+		conn, err := net.Dial("tcp", svc.MQTTAddr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		cl := paho.NewClient(paho.ClientConfig{Conn: conn})
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		ca, err := cl.Connect(ctx, &paho.Connect{ClientID: fmt.Sprint("ka-", c.ask), CleanStart: true, KeepAlive: c.ask})
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ca.Properties == nil || ca.Properties.MaximumPacketSize == nil || *ca.Properties.MaximumPacketSize != uint32(cfg.MQTT.MaxPacketSize) {
+			t.Errorf("keepalive %d: CONNACK without the maximum packet size: %+v", c.ask, ca.Properties)
+		}
+		got := ca.Properties != nil && ca.Properties.ServerKeepAlive != nil
+		if got != c.told || (got && *ca.Properties.ServerKeepAlive != c.want) {
+			t.Errorf("keepalive %d: server keep-alive %v", c.ask, ca.Properties.ServerKeepAlive)
+		}
+		_ = cl.Disconnect(&paho.Disconnect{})
+		<-cl.Done()
 	}
 }
