@@ -6,8 +6,11 @@ package metrics
 
 import (
 	"strconv"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/mqttinfer/mqttinfer/topics"
 )
 
 // Metrics holds the service's collectors.
@@ -27,6 +30,40 @@ type Metrics struct {
 	partitions prometheus.Gauge
 	held       prometheus.Gauge
 	heldLost   prometheus.Counter
+
+	// knownModel says which model names may be label values; the version
+	// and model levels of a request topic come from devices, and a label
+	// value per made-up name would grow every scrape without bound.
+	knownModel atomic.Pointer[func(string) bool]
+}
+
+// OtherLabel is the label value that stands for every unknown model name
+// and API version.
+const OtherLabel = "other"
+
+// SetModels sets the model names that may be label values (those the
+// node serves); others are counted under OtherLabel. Until it is called
+// every model name is.
+func (m *Metrics) SetModels(known func(name string) bool) {
+	if m != nil {
+		m.knownModel.Store(&known)
+	}
+}
+
+// model is the label value of a model name.
+func (m *Metrics) model(name string) string {
+	if f := m.knownModel.Load(); f != nil && !(*f)(name) {
+		return OtherLabel
+	}
+	return name
+}
+
+// version is the label value of an API version.
+func labelVersion(v string) string {
+	if !topics.Supported(v) {
+		return OtherLabel
+	}
+	return v
 }
 
 // New creates the collectors and registers them on reg.
@@ -105,7 +142,7 @@ func (m *Metrics) Request(version, model string, status int) {
 	if m == nil {
 		return
 	}
-	m.requests.WithLabelValues(version, model, strconv.Itoa(status)).Inc()
+	m.requests.WithLabelValues(labelVersion(version), m.model(model), strconv.Itoa(status)).Inc()
 }
 
 // Inference records the time a model spent on one request, in seconds.
@@ -113,7 +150,7 @@ func (m *Metrics) Inference(model string, seconds float64) {
 	if m == nil {
 		return
 	}
-	m.latency.WithLabelValues(model).Observe(seconds)
+	m.latency.WithLabelValues(m.model(model)).Observe(seconds)
 }
 
 // QueueWait records the time a request waited for a worker, in seconds.
@@ -197,7 +234,7 @@ func (m *Metrics) RemoteRequest(version, model string, status int) {
 	if m == nil {
 		return
 	}
-	m.remote.WithLabelValues(version, model, strconv.Itoa(status)).Inc()
+	m.remote.WithLabelValues(labelVersion(version), m.model(model), strconv.Itoa(status)).Inc()
 }
 
 // Group records a remote worker's share of its group: the partitions it

@@ -52,6 +52,7 @@ func NewWorker(cfg config.Config, log *slog.Logger) (*Worker, error) {
 	if w.models, err = NewModels(cfg, log); err != nil {
 		return nil, err
 	}
+	m.SetModels(w.models.Registry.Has)
 	if cfg.Remote.Throttle {
 		if w.limiter, err = NewThrottle(cfg, w.models.Registry); err != nil {
 			w.models.Close()

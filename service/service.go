@@ -64,6 +64,7 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 	if s.models, err = NewModels(cfg, log); err != nil {
 		return nil, err
 	}
+	m.SetModels(s.models.Registry.Has)
 	if cfg.Throttle.Enabled {
 		if s.limiter, err = NewThrottle(cfg, s.models.Registry); err != nil {
 			return nil, err
