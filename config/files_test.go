@@ -2,7 +2,6 @@ package config
 
 import (
 	"flag"
-	"fmt"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -10,70 +9,6 @@ import (
 	"testing"
 	"time"
 )
-
-func TestLoadCredentials(t *testing.T) {
-	good := `users:
-  - {username: d1, password: secret, role: device}
-  - username: ops
-    password: s3cret
-    role: observer
-  - {username: w-1.a, password: x, role: worker}
-`
-	got, err := LoadCredentials(writeFile(t, "creds.yaml", good))
-	if err != nil {
-		t.Fatalf("LoadCredentials: %v", err)
-	}
-	want := []Credential{
-		{Username: "d1", Password: "secret", Role: RoleDevice},
-		{Username: "ops", Password: "s3cret", Role: RoleObserver},
-		{Username: "w-1.a", Password: "x", Role: RoleWorker},
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("LoadCredentials = %+v, want %+v", got, want)
-	}
-	if s := fmt.Sprint(got[0]); strings.Contains(s, "secret") {
-		t.Errorf("a Credential prints its password: %s", s)
-	}
-
-	bad := []struct {
-		name, file string
-		wants      []string
-	}{
-		{"empty file", "", []string{"no users"}},
-		{"empty list", "users: []\n", []string{"no users"}},
-		{"not YAML", "users: [\n", []string{"creds.yaml"}},
-		{"unknown field", "users:\n  - {username: d1, password: x, role: device, admin: true}\n", []string{"field admin not found"}},
-		{"unknown top-level key", "user:\n  - {username: d1, password: x, role: device}\n", []string{"field user not found"}},
-		{"bad username", "users:\n  - {username: d/1, password: x, role: device}\n", []string{`users[0]: username "d/1": invalid id`}},
-		{"empty username", "users:\n  - {password: x, role: device}\n", []string{`users[0]: username "": invalid id: empty`}},
-		{"duplicate username", "users:\n  - {username: d1, password: x, role: device}\n  - {username: d2, password: x, role: device}\n  - {username: d1, password: y, role: worker}\n",
-			[]string{`users[2]: username "d1" is already used by users[0]`}},
-		{"empty password", "users:\n  - {username: d1, role: device}\n", []string{`users[0]: user "d1" has an empty password`}},
-		{"unknown role", "users:\n  - {username: d1, password: x, role: device}\n  - {username: a, password: x, role: admin}\n",
-			[]string{`users[1]: user "a" has role "admin"; the roles are device, observer, worker`}},
-		{"missing role", "users:\n  - {username: d1, password: x}\n", []string{`users[0]: user "d1" has role ""`}},
-		{"every problem", "users:\n  - {username: '', role: x}\n", []string{"users[0]: username", "users[0]: user \"\" has an empty password", `has role "x"`}},
-	}
-	for _, tt := range bad {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := LoadCredentials(writeFile(t, "creds.yaml", tt.file))
-			if err == nil {
-				t.Fatal("LoadCredentials succeeded, want an error")
-			}
-			for _, w := range tt.wants {
-				if !strings.Contains(err.Error(), w) {
-					t.Errorf("error:\n%v\ndoes not contain %q", err, w)
-				}
-			}
-		})
-	}
-	t.Run("missing file", func(t *testing.T) {
-		_, err := LoadCredentials(filepath.Join(t.TempDir(), "none.yaml"))
-		if !os.IsNotExist(unwrapAll(err)) {
-			t.Fatalf("LoadCredentials: %v, want a not-exist error", err)
-		}
-	})
-}
 
 func TestYAMLRoundTrip(t *testing.T) {
 	busy := Default()
