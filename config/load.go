@@ -36,6 +36,10 @@ import (
 // ($MQTTINFER_CONFIG, the variable named by models.chat.api_key_env, and
 // MQTTINFER_REQUIRE_TESTDATA).
 //
+// A remote.password that is Mask ("***", what --print-config prints in its
+// place) is an error that says where to put the real one, unless the
+// environment or a flag sets the password over the file's mask.
+//
 // fs may be nil. Durations are strings with a unit ("5s", "10m"); a bare
 // number for a duration is an error. Keys are case-insensitive and read in
 // lower case, model names in costs maps included.
@@ -88,6 +92,9 @@ func Load(fs *pflag.FlagSet) (Config, error) {
 	}
 	if envErr != nil {
 		return Config{}, envErr
+	}
+	if err := checkMask(c, func(key string) string { return source(key, path, fs) }); err != nil {
+		return Config{}, err
 	}
 	c.resolve()
 	return c, nil
