@@ -1,67 +1,75 @@
 package broker
 
 import (
-	"crypto/subtle"
+	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
+	"sync"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/mqttinfer/mqttinfer/config"
 	"github.com/mqttinfer/mqttinfer/topics"
 )
 
-// Role is what an authenticated user may do inside the service's prefix.
-type Role string
+// Role is what an authenticated user may do inside the service's prefix:
+// the roles of the credentials file.
+type Role = config.Role
 
 // The roles of the credentials file.
 const (
 	// RoleDevice publishes its own requests and reads its own results, the
 	// catalog and status.
-	RoleDevice Role = "device"
+	RoleDevice = config.RoleDevice
 	// RoleObserver reads every result, the catalog and status; it publishes nothing in the prefix.
-	RoleObserver Role = "observer"
+	RoleObserver = config.RoleObserver
 	// RoleWorker reads requests and publishes results, the catalog, status
 	// and sent records.
-	RoleWorker Role = "worker"
+	RoleWorker = config.RoleWorker
 )
 
-// Credential is one user allowed to connect when auth is on.
-type Credential struct {
-	Username string
-	Password string
-	Role     Role
-}
+// Credential is one user allowed to connect when auth is on: a user of the
+// credentials file (config.LoadCredentials), with a bcrypt PasswordHash or,
+// from a file that allows it, a plain-text Password.
+type Credential = config.Credential
 
 // authHook authenticates connections and applies the subscription and
 // publish roles inside the prefix. Without credentials (open development
 // mode) everyone may connect and read; the identity rule for requests is
 // enforced by the request hook in both modes.
+//
+// Reading is decided on the filter at SUBSCRIBE and again on the topic of
+// every message delivered (mochi's publishToClient asks OnACLCheck for each
+// one, retained messages included): a filter is granted when every topic
+// inside the prefix it can match is one the user may read, so '#' works
+// inside a user's own subtree, and the check at delivery is a second line.
+//
+// A client id's session belongs to the user that made it: mochi would hand
+// a session (its subscriptions, and its messages in flight, which are
+// resent without an ACL check) to any client that resumes it with the same
+// client id, so resuming another user's session is refused; a clean start
+// discards it and is allowed.
 type authHook struct {
 	mqtt.HookBase
 	prefix string
-	users  map[string]Credential // nil in open mode
+	levels []string              // the prefix's levels
+	auth   *config.Authenticator // nil in open mode
+	logins *config.LoginLog
+
+	mu     sync.Mutex
+	owners map[string]string // client id → username, for every session mochi keeps
 }
 
 func newAuthHook(prefix string, creds []Credential) (*authHook, error) {
-	h := &authHook{prefix: prefix}
+	h := &authHook{prefix: prefix, levels: strings.Split(prefix, "/"), logins: config.NewLoginLog(nil), owners: map[string]string{}}
 	if creds == nil {
 		return h, nil
 	}
-	h.users = make(map[string]Credential, len(creds))
-	for i, c := range creds {
-		if err := topics.ValidID(c.Username); err != nil {
-			return nil, fmt.Errorf("credential %d: username: %w", i, err)
-		}
-		switch c.Role {
-		case RoleDevice, RoleObserver, RoleWorker:
-		default:
-			return nil, fmt.Errorf("credential %d (%s): unknown role %q (want device, observer or worker)", i, c.Username, c.Role)
-		}
-		if _, dup := h.users[c.Username]; dup {
-			return nil, fmt.Errorf("credential %d: username %q listed twice", i, c.Username)
-		}
-		h.users[c.Username] = c
+	var err error
+	if h.auth, err = config.NewAuthenticator(creds); err != nil {
+		return nil, fmt.Errorf("broker: %w", err)
 	}
 	return h, nil
 }
@@ -69,86 +77,203 @@ func newAuthHook(prefix string, creds []Credential) (*authHook, error) {
 func (h *authHook) ID() string { return "mqttinfer-auth" }
 
 func (h *authHook) Provides(b byte) bool {
-	return b == mqtt.OnConnectAuthenticate || b == mqtt.OnACLCheck
-}
-
-func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
-	if h.users == nil {
+	switch b {
+	case mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnDisconnect, mqtt.OnClientExpired:
 		return true
 	}
-	c, ok := h.users[string(pk.Connect.Username)]
-	if !ok {
+	return false
+}
+
+// SetOpts takes the logger mochi hands its hooks (the broker's) for the
+// lines of refused logins.
+func (h *authHook) SetOpts(l *slog.Logger, opts *mqtt.HookOptions) {
+	h.HookBase.SetOpts(l, opts)
+	h.logins = config.NewLoginLog(l)
+}
+
+// OnConnectAuthenticate checks the CONNECT's username and password; a
+// refusal is logged at INFO with its reason (rate-limited: see
+// config.LoginLog), because mochi logs none that an operator would see.
+func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	if h.auth == nil {
+		return true
+	}
+	user := string(pk.Connect.Username)
+	_, err := h.auth.Password(user, pk.Connect.Password)
+	if err == nil {
+		err = h.claim(cl.ID, user, pk.Connect.Clean)
+	}
+	if err != nil {
+		h.logins.Refused("mqtt login refused", "username", user, "client_id", cl.ID, "remote", cl.Net.Remote, "reason", err.Error())
 		return false
 	}
-	return subtle.ConstantTimeCompare(pk.Connect.Password, []byte(c.Password)) == 1
+	return true
 }
 
-// OnACLCheck decides publishes (write) and subscriptions (read). Requests are
-// always writable here: a device publishing under another id is answered 403
-// in-band by the request hook instead of being disconnected by an ACL deny.
+// errOthersSession refuses a login that would resume another user's session.
+var errOthersSession = errors.New("client id holds another user's session (log in with a clean session, or use another client id)")
+
+// claim records that user owns the session of clientID, or refuses when it
+// would resume (clean false) another user's session.
+func (h *authHook) claim(clientID, user string, clean bool) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if owner, ok := h.owners[clientID]; ok && owner != user && !clean {
+		return errOthersSession
+	}
+	h.owners[clientID] = user
+	return nil
+}
+
+// release forgets the session of cl when it ends, unless another login has
+// taken its client id since.
+func (h *authHook) release(cl *mqtt.Client) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.owners[cl.ID] == string(cl.Properties.Username) {
+		delete(h.owners, cl.ID)
+	}
+}
+
+// OnDisconnect forgets a session that ends with its connection.
+func (h *authHook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
+	if expire && !cl.IsTakenOver() {
+		h.release(cl)
+	}
+}
+
+// OnClientExpired forgets a persistent session that expired.
+func (h *authHook) OnClientExpired(cl *mqtt.Client) { h.release(cl) }
+
+// OnACLCheck decides publishes (write) and subscriptions and deliveries
+// (read). Requests are always writable here: a device publishing under
+// another id is answered 403 in-band by the request hook instead of being
+// disconnected by an ACL deny.
 func (h *authHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) bool {
-	if cl.Net.Inline {
+	if cl.Net.Inline || h.auth == nil {
 		return true
 	}
-	filter := topic
-	if !write {
-		filter = stripShare(topic)
-	}
-	if !topics.Under(h.prefix, filter) && filter != h.prefix+"/#" && filter != "#" {
+	if write && !topics.Under(h.prefix, topic) {
 		return true // ordinary broker traffic: open to every connected client
 	}
-	if h.users == nil {
-		return true
-	}
-	c, ok := h.users[string(cl.Properties.Username)]
+	c, ok := h.auth.Lookup(string(cl.Properties.Username))
 	if !ok {
 		return false
 	}
-	if filter == "#" {
-		return c.Role == RoleWorker
+	if write {
+		return writable(c.Role, h.rest(topic))
 	}
-	levels := strings.Split(filter[len(h.prefix)+1:], "/")
+	return c.Role == RoleWorker || h.readable(c.Username, c.Role == RoleDevice, stripShare(topic))
+}
+
+// writable reports whether role may publish on a topic inside the prefix
+// (levels after the prefix).
+func writable(role Role, levels []string) bool {
 	kind := ""
 	if len(levels) > 1 {
 		kind = levels[1]
 	}
-	switch c.Role {
+	switch role {
 	case RoleWorker:
 		switch kind {
 		case topics.KindResult.String(), topics.KindModels.String(), topics.KindStatus.String(), topics.KindSent.String():
 			return true
 		}
-		return !write
-	case RoleObserver:
-		return !write && readable(levels, "")
 	case RoleDevice:
-		if write {
-			return kind == topics.KindRequest.String()
-		}
-		return readable(levels, c.Username)
+		return kind == topics.KindRequest.String()
 	}
 	return false
 }
 
-// readable reports whether a subscription filter (levels after the prefix)
-// only reaches results, the catalog and status; with device set, only that
-// device's own results.
-func readable(levels []string, device string) bool {
-	if len(levels) < 2 || levels[0] == "#" || levels[1] == "#" {
-		return false
+// rest returns the levels of topic after the prefix.
+func (h *authHook) rest(topic string) []string {
+	return strings.Split(topic[len(h.prefix)+1:], "/")
+}
+
+// selfLevel in a pattern stands for the user's own name.
+const selfLevel = "\x00self"
+
+// What a device or an observer may read inside the prefix, as filters of
+// the levels after it: results (a device: only its own), the catalog and
+// status, each with whatever lies below.
+var (
+	deviceReads = [][]string{
+		{"+", topics.KindResult.String(), selfLevel, "#"},
+		{"+", topics.KindModels.String(), "#"},
+		{"+", topics.KindStatus.String(), "#"},
 	}
-	switch levels[1] {
-	case topics.KindResult.String():
-		if len(levels) != 4 || levels[3] == "#" {
-			return false
+	observerReads = [][]string{
+		{"+", topics.KindResult.String(), "#"},
+		{"+", topics.KindModels.String(), "#"},
+		{"+", topics.KindStatus.String(), "#"},
+	}
+)
+
+// readable reports whether user (a device, or an observer) may receive
+// every topic inside the prefix that filter matches; filter is a topic
+// when it has no wildcards. Topics outside the prefix are open to all.
+func (h *authHook) readable(user string, device bool, filter string) bool {
+	if !strings.ContainsAny(filter, "+#") && !topics.Under(h.prefix, filter) {
+		return true
+	}
+	levels, inside := h.inside(filter)
+	if !inside {
+		return true
+	}
+	reads := observerReads
+	if device {
+		reads = deviceReads
+	}
+	for _, p := range reads {
+		if covers(p, levels, user) {
+			return true
 		}
-		return device == "" && levels[2] != "#" || levels[2] == device
-	case topics.KindModels.String():
-		return len(levels) == 2
-	case topics.KindStatus.String():
-		return len(levels) == 3
 	}
 	return false
+}
+
+// inside returns the part of filter that matches topics inside the prefix,
+// as levels after the prefix ("#" when a wildcard reaches into the prefix
+// itself), and false when filter can match no topic inside the prefix.
+func (h *authHook) inside(filter string) ([]string, bool) {
+	levels := strings.Split(filter, "/")
+	for i, p := range h.levels {
+		switch {
+		case i == len(levels):
+			return nil, false
+		case levels[i] == "#":
+			return []string{"#"}, true
+		case levels[i] != "+" && levels[i] != p:
+			return nil, false
+		}
+	}
+	if len(levels) == len(h.levels) {
+		return nil, false // the prefix itself is not under it
+	}
+	return levels[len(h.levels):], true
+}
+
+// covers reports whether every topic filter f matches is matched by the
+// filter p, in which selfLevel stands for self.
+func covers(p, f []string, self string) bool {
+	for i := 0; ; i++ {
+		if i < len(p) && p[i] == "#" {
+			return true
+		}
+		if i == len(f) {
+			return i == len(p)
+		}
+		if i == len(p) || f[i] == "#" {
+			return false
+		}
+		want := p[i]
+		if want == selfLevel {
+			want = self
+		}
+		if want != "+" && f[i] != want {
+			return false
+		}
+	}
 }
 
 // stripShare removes a "$share/<group>/" prefix from a subscription filter.
@@ -166,7 +291,7 @@ func stripShare(filter string) string {
 // senderID is the identity a request must be published under: the
 // authenticated username when auth is on, else the MQTT client id.
 func (h *authHook) senderID(cl *mqtt.Client) string {
-	if h.users != nil {
+	if h.auth != nil {
 		return string(cl.Properties.Username)
 	}
 	return cl.ID
