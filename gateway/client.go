@@ -1,32 +1,21 @@
 package gateway
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"net/http"
 	"net/netip"
 	"strings"
 )
 
-// ClientID returns who an HTTP request comes from, as the device id that the
-// throttle and the models see:
+// ClientID returns who an HTTP request comes from without auth, as the
+// device id that the throttle and the models see: "ip-" and the client's IP
+// address with '.' and ':' replaced by '-' and '_' (127.0.0.1 is
+// "ip-127-0-0-1", ::1 is "ip-__1"); behind a trusted proxy, the last
+// address of X-Forwarded-For. It is a valid device id (topics.ValidID).
 //
-//   - with an API key (Authorization: Bearer <key>, else X-API-Key: <key>),
-//     "key-" and the first 12 hex digits of the key's SHA-256, so that the
-//     key itself never reaches a log, a metric or a model;
-//   - else "ip-" and the client's IP address with '.' and ':' replaced by
-//     '-' and '_' (127.0.0.1 is "ip-127-0-0-1", ::1 is "ip-__1"); behind a
-//     trusted proxy, the last address of X-Forwarded-For.
-//
-// Both are valid device ids (topics.ValidID). The gateway does not verify
-// keys: a key names a bucket, it does not authenticate. A client that makes
-// up a new key per request also gets a new bucket per request, so a public
-// gateway belongs behind something that checks keys.
+// No header a client chooses (an API key, X-API-Key) names its bucket: a
+// client that made up a new one per request would get a new bucket per
+// request. With auth on, a client is the user it logged in as instead.
 func ClientID(r *http.Request, trustProxy bool) string {
-	if key := apiKey(r); key != "" {
-		sum := sha256.Sum256([]byte(key))
-		return "key-" + hex.EncodeToString(sum[:6])
-	}
 	addr, ok := clientAddr(r, trustProxy)
 	if !ok {
 		return "ip-unknown"
@@ -34,17 +23,13 @@ func ClientID(r *http.Request, trustProxy bool) string {
 	return "ip-" + strings.NewReplacer(".", "-", ":", "_").Replace(addr.String())
 }
 
-// apiKey returns the request's API key, or "".
-func apiKey(r *http.Request) string {
-	if auth := r.Header.Get("Authorization"); auth != "" {
-		scheme, key, ok := strings.Cut(strings.TrimSpace(auth), " ")
-		if ok && strings.EqualFold(scheme, "Bearer") {
-			if key = strings.TrimSpace(key); key != "" {
-				return key
-			}
-		}
+// clientOf is the device id of a request: the user it logged in as with
+// auth on, else ClientID.
+func (g *gateway) clientOf(r *http.Request) string {
+	if c, ok := userOf(r); ok {
+		return c.Username
 	}
-	return strings.TrimSpace(r.Header.Get("X-API-Key"))
+	return ClientID(r, g.trustProxy)
 }
 
 // clientAddr returns the client's IP address: the connection's peer, or the

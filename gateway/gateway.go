@@ -20,9 +20,18 @@
 // stream answers the plain result. A client that disconnects cancels its
 // request and the model stops.
 //
-// Each client (ClientID: a hash of its API key, else its IP address) is a
-// device to the throttle and the models, and every inference answer carries
-// the RateLimit-Policy and RateLimit headers of
+// With auth on (Options.Auth), every route but /healthz and /readyz wants a
+// login of a user of the credentials file: HTTP Basic with its username and
+// password, or "Authorization: Bearer <API key>" with one of its API keys;
+// otherwise 401 with "WWW-Authenticate: Basic realm="mqttinfer", Bearer".
+// Roles apply as on MQTT: a device runs inference requests as itself (its
+// username is the device id of the throttle and of the models' per-device
+// state); observers and workers read the catalog and may not infer (403);
+// /metrics and /debug/pprof/ are for observers and workers. Without auth
+// the routes are open and a client is its IP address (ClientID).
+//
+// Each client is a device to the throttle and the models, and every
+// inference answer carries the RateLimit-Policy and RateLimit headers of
 // draft-ietf-httpapi-ratelimit-headers, plus Retry-After on a 429.
 package gateway
 
@@ -34,6 +43,7 @@ import (
 	"net/http/pprof"
 	"time"
 
+	"github.com/mqttinfer/mqttinfer/config"
 	"github.com/mqttinfer/mqttinfer/inference"
 	"github.com/mqttinfer/mqttinfer/metrics"
 	"github.com/mqttinfer/mqttinfer/throttle"
@@ -64,10 +74,15 @@ type Options struct {
 	// registry the Pool's core runs. nil means Pool.Core().Models, or no
 	// models without a Pool.
 	Models *inference.Registry
-	// Throttle limits each client (see ClientID) with the same token buckets
-	// and in-flight limits as MQTT devices; nil switches throttling off, and
-	// with it the RateLimit headers.
+	// Throttle limits each client (its username with Auth, else ClientID)
+	// with the same token buckets and in-flight limits as MQTT devices; nil
+	// switches throttling off, and with it the RateLimit headers.
 	Throttle *throttle.Limiter
+	// Auth switches authentication on: only the users it knows may use the
+	// routes other than /healthz and /readyz, as the package comment says.
+	// It should hold the users the broker has (config.LoadCredentials,
+	// config.NewAuthenticator). nil is the open development mode.
+	Auth *config.Authenticator
 	// Metrics counts requests refused before they reach the Pool (the Pool
 	// counts the rest); nil counts nothing.
 	Metrics *metrics.Metrics
@@ -82,7 +97,8 @@ type Options struct {
 	TrustProxy bool
 	// Pprof serves Go's profiler under /debug/pprof/.
 	Pprof bool
-	// Log receives failures to answer; nil discards them.
+	// Log receives failures to answer, and refused logins at INFO
+	// (rate-limited: config.LoginLog); nil discards them.
 	Log *slog.Logger
 }
 
@@ -90,10 +106,12 @@ type Options struct {
 // Operations and the inference routes of the package comment.
 func New(opts Options) http.Handler {
 	mux := http.NewServeMux()
-	handleOperations(mux, opts.Gatherer, opts.Ready, opts.Pprof)
 	g := newGateway(opts)
+	handleOperations(mux, opts.Gatherer, opts.Ready, opts.Pprof, func(h http.Handler) http.Handler {
+		return g.authorize(h, config.RoleObserver, config.RoleWorker)
+	})
 	for _, rt := range g.routes() {
-		mux.HandleFunc(rt.pattern, rt.handler)
+		mux.Handle(rt.pattern, g.authorize(rt.handler, rt.roles...))
 	}
 	return mux
 }
@@ -108,17 +126,19 @@ func New(opts Options) http.Handler {
 // and, with pprof, Go's profiler under /debug/pprof/.
 func Operations(gatherer prometheus.Gatherer, ready map[string]Check, pprof bool) http.Handler {
 	mux := http.NewServeMux()
-	handleOperations(mux, gatherer, ready, pprof)
+	handleOperations(mux, gatherer, ready, pprof, func(h http.Handler) http.Handler { return h })
 	return mux
 }
 
-func handleOperations(mux *http.ServeMux, gatherer prometheus.Gatherer, ready map[string]Check, withPprof bool) {
+// handleOperations registers the operations routes on mux, /metrics and
+// the profiler behind protect.
+func handleOperations(mux *http.ServeMux, gatherer prometheus.Gatherer, ready map[string]Check, withPprof bool, protect func(http.Handler) http.Handler) {
 	if withPprof {
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		mux.Handle("/debug/pprof/", protect(http.HandlerFunc(pprof.Index)))
+		mux.Handle("/debug/pprof/cmdline", protect(http.HandlerFunc(pprof.Cmdline)))
+		mux.Handle("/debug/pprof/profile", protect(http.HandlerFunc(pprof.Profile)))
+		mux.Handle("/debug/pprof/symbol", protect(http.HandlerFunc(pprof.Symbol)))
+		mux.Handle("/debug/pprof/trace", protect(http.HandlerFunc(pprof.Trace)))
 	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
@@ -142,7 +162,7 @@ func handleOperations(mux *http.ServeMux, gatherer prometheus.Gatherer, ready ma
 		_ = json.NewEncoder(w).Encode(map[string]any{"ready": status == http.StatusOK, "checks": checks})
 	})
 	if gatherer != nil {
-		mux.Handle("GET /metrics", promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{}))
+		mux.Handle("GET /metrics", protect(promhttp.HandlerFor(gatherer, promhttp.HandlerOpts{})))
 	}
 }
 
@@ -151,6 +171,8 @@ type gateway struct {
 	pool       *worker.Pool
 	models     *inference.Registry
 	limiter    *throttle.Limiter
+	auth       *config.Authenticator // nil: open
+	logins     *config.LoginLog
 	metrics    *metrics.Metrics
 	maxBody    int64
 	trustProxy bool
@@ -163,6 +185,8 @@ func newGateway(opts Options) *gateway {
 		pool:       opts.Pool,
 		models:     opts.Models,
 		limiter:    opts.Throttle,
+		auth:       opts.Auth,
+		logins:     config.NewLoginLog(opts.Log),
 		metrics:    opts.Metrics,
 		maxBody:    int64(opts.MaxBodySize),
 		trustProxy: opts.TrustProxy,
@@ -188,6 +212,7 @@ func newGateway(opts Options) *gateway {
 type route struct {
 	pattern string
 	handler http.HandlerFunc
+	roles   []config.Role // who may use it with auth on; nil: every user
 }
 
 // routes lists the inference API; the OpenAPI test checks each is documented.
@@ -195,9 +220,9 @@ type route struct {
 // unsupported_version with the list of versions, as on MQTT.
 func (g *gateway) routes() []route {
 	return []route{
-		{"GET /{ver}/models", g.catalog},
-		{"GET /{ver}/models/{model}", g.model},
-		{"POST /{ver}/models/{model}/infer", g.infer},
-		{"GET /openapi.json", g.serveOpenAPI},
+		{"GET /{ver}/models", g.catalog, nil},
+		{"GET /{ver}/models/{model}", g.model, nil},
+		{"POST /{ver}/models/{model}/infer", g.infer, []config.Role{config.RoleDevice}},
+		{"GET /openapi.json", g.serveOpenAPI, nil},
 	}
 }

@@ -99,8 +99,9 @@ func TestInfer(t *testing.T) {
 	}{
 		{name: "v1", path: "/v1/models/sum/infer", body: `{"id":"r1","input":{"numbers":[1,2,3]}}`, status: 200, id: "r1", sum: 6, device: "ip-127-0-0-1"},
 		{name: "v2 generated id", path: "/v2/models/sum/infer", body: `{"input":{"numbers":[0.5,0.25]}}`, status: 200, sum: 0.75, device: "ip-127-0-0-1"},
-		{name: "X-API-Key", path: "/v2/models/sum/infer", body: `{"id":"k","input":{"numbers":[1]}}`, header: []string{"X-API-Key", "alpha"}, status: 200, id: "k", sum: 1, device: "key-8ed3f6ad685b"},
-		{name: "Bearer", path: "/v1/models/sum/infer", body: `{"id":"k","input":{"numbers":[1]}}`, header: []string{"Authorization", "Bearer alpha"}, status: 200, id: "k", sum: 1, device: "key-8ed3f6ad685b"},
+		{name: "X-API-Key names no client", path: "/v2/models/sum/infer", body: `{"id":"k","input":{"numbers":[1]}}`, header: []string{"X-API-Key", "alpha"}, status: 200, id: "k", sum: 1, device: "ip-127-0-0-1"},
+		{name: "Bearer names no client without auth", path: "/v1/models/sum/infer", body: `{"id":"k","input":{"numbers":[1]}}`, header: []string{"Authorization", "Bearer alpha"}, status: 200, id: "k", sum: 1, device: "ip-127-0-0-1"},
+		{name: "behind the proxy", path: "/v1/models/sum/infer", body: `{"id":"p","input":{"numbers":[1]}}`, header: []string{"X-Forwarded-For", "10.0.0.1"}, status: 200, id: "p", sum: 1, device: "ip-10-0-0-1"},
 		{name: "no content type", path: "/v1/models/sum/infer", body: `{"id":"nc","input":{"numbers":[2]}}`, header: []string{"Content-Type", ""}, status: 200, id: "nc", sum: 2, device: "ip-127-0-0-1"},
 		{name: "stream on a model that does not stream", path: "/v1/models/sum/infer", body: `{"id":"ns","input":{"numbers":[4]}}`, header: []string{"Accept", "text/event-stream"}, status: 200, id: "ns", sum: 4, device: "ip-127-0-0-1"},
 		{name: "bad JSON", path: "/v1/models/sum/infer", body: `{"id":"bad1","input":`, status: 400, typ: api.InvalidRequest, id: "bad1"},
@@ -175,8 +176,8 @@ func TestInfer(t *testing.T) {
 	}
 
 	// The pool counts what it answered; the gateway counts its refusals.
-	if n := e.counter(t, "mqttinfer_requests_total", map[string]string{"version": "v1", "model": "sum", "status": "200"}); n != 4 {
-		t.Errorf("v1 sum 200 counted %v times, want 4", n)
+	if n := e.counter(t, "mqttinfer_requests_total", map[string]string{"version": "v1", "model": "sum", "status": "200"}); n != 5 {
+		t.Errorf("v1 sum 200 counted %v times, want 5", n)
 	}
 	if n := e.counter(t, "mqttinfer_requests_total", map[string]string{"version": "v2", "model": "sum", "status": "422"}); n != 1 {
 		t.Errorf("v2 sum 422 counted %v times, want 1", n)
@@ -302,11 +303,11 @@ func TestClientID(t *testing.T) {
 		{"127.0.0.1:5000", []string{"X-Forwarded-For", "203.0.113.9, 198.51.100.7"}, true, "ip-198-51-100-7"},
 		{"127.0.0.1:5000", []string{"X-Forwarded-For", "203.0.113.9", "X-Forwarded-For", "2001:db8::7, junk"}, true, "ip-2001_db8__7"},
 		{"127.0.0.1:5000", []string{"X-Forwarded-For", "junk"}, true, "ip-127-0-0-1"},
-		{"127.0.0.1:5000", []string{"Authorization", "Bearer alpha"}, false, "key-8ed3f6ad685b"},
-		{"127.0.0.1:5000", []string{"Authorization", "bearer  alpha "}, false, "key-8ed3f6ad685b"},
-		{"127.0.0.1:5000", []string{"X-API-Key", "beta"}, false, "key-f44e64e75f39"},
-		{"127.0.0.1:5000", []string{"Authorization", "Basic YTpi", "X-API-Key", "beta"}, false, "key-f44e64e75f39"},
-		{"127.0.0.1:5000", []string{"Authorization", "Bearer "}, false, "ip-127-0-0-1"},
+		// Headers a client chooses name no client: a new key per request
+		// would be a new bucket per request.
+		{"127.0.0.1:5000", []string{"Authorization", "Bearer alpha"}, false, "ip-127-0-0-1"},
+		{"127.0.0.1:5000", []string{"X-API-Key", "beta"}, true, "ip-127-0-0-1"},
+		{"127.0.0.1:5000", []string{"Authorization", "Basic YTpi", "X-API-Key", "beta"}, false, "ip-127-0-0-1"},
 	}
 	for _, tt := range tests {
 		r, _ := http.NewRequest(http.MethodGet, "http://127.0.0.1/", nil)

@@ -158,7 +158,9 @@ func newEnv(t testing.TB, cfg envConfig) *env {
 			t.Fatal(err)
 		}
 	}
-	opts := Options{Gatherer: e.reg, Pool: e.pool, Models: e.models, Throttle: e.limiter, Metrics: m, MaxBodySize: 4096}
+	// Behind a trusted proxy, tests play several clients from one address
+	// with X-Forwarded-For.
+	opts := Options{Gatherer: e.reg, Pool: e.pool, Models: e.models, Throttle: e.limiter, Metrics: m, MaxBodySize: 4096, TrustProxy: true}
 	if cfg.opts != nil {
 		cfg.opts(&opts)
 	}

@@ -21,7 +21,7 @@ type exchange struct {
 	r      *http.Request
 	ver    string
 	model  string
-	client string // the device id: see ClientID
+	client string // the device id: see clientOf
 	id     string // the request id, echoed in every reply
 	cbor   bool   // answer in CBOR
 	// known is set once the version and the model exist, so that metrics
@@ -46,7 +46,7 @@ type admission struct {
 // throttle, so that a request refused for its own faults costs no tokens.
 func (g *gateway) infer(w http.ResponseWriter, r *http.Request) {
 	received := time.Now()
-	x := &exchange{w: w, r: r, ver: r.PathValue("ver"), model: r.PathValue("model"), client: ClientID(r, g.trustProxy)}
+	x := &exchange{w: w, r: r, ver: r.PathValue("ver"), model: r.PathValue("model"), client: g.clientOf(r)}
 	requestCBOR := isCBOR(r.Header.Get("Content-Type"))
 	body, bodyErr := g.readBody(w, r)
 	if bodyErr == nil && !requestCBOR {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/getkin/kin-openapi/openapi3"
 	"github.com/getkin/kin-openapi/openapi3filter"
+	"github.com/getkin/kin-openapi/routers"
 	"github.com/getkin/kin-openapi/routers/legacy"
 	"github.com/mqttinfer/mqttinfer/api"
 	"github.com/mqttinfer/mqttinfer/throttle"
@@ -51,6 +52,9 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 		if op := item.GetOperation(method); op.Responses.Status(200) == nil {
 			t.Errorf("%s: no 200 response documented", p)
 		}
+		if op := item.GetOperation(method); path != "/healthz" && path != "/readyz" && op.Responses.Status(401) == nil {
+			t.Errorf("%s: 401 (with auth on) is not documented", p)
+		}
 	}
 
 	ver := doc.Components.Parameters["ver"].Value.Schema.Value
@@ -66,7 +70,7 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 	for _, v := range doc.Components.Schemas["ErrorType"].Value.Enum {
 		types = append(types, v.(string))
 	}
-	for _, typ := range api.ErrorTypes() {
+	for _, typ := range append(api.ErrorTypes(), unauthorized) {
 		if !slices.Contains(types, string(typ)) {
 			t.Errorf("error type %s is not documented", typ)
 		}
@@ -74,9 +78,6 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 
 	infer := doc.Paths.Value("/{ver}/models/{model}/infer").Post
 	for _, typ := range api.ErrorTypes() {
-		if typ == api.Forbidden {
-			continue // MQTT only: the gateway has no topic to spoof
-		}
 		if infer.Responses.Status(typ.Status()) == nil {
 			t.Errorf("infer: status %d (%s) is not documented", typ.Status(), typ)
 		}
@@ -106,17 +107,8 @@ func TestOpenAPIDocumentsEveryRoute(t *testing.T) {
 // (status, content type, body) against the document.
 func TestOpenAPIMatchesAnswers(t *testing.T) {
 	e := newEnv(t, envConfig{throttle: &throttle.Config{Default: throttle.Limits{Rate: 1, Burst: 3}, Now: fixedClock}})
-	doc := loadOpenAPI(t, e)
-	doc.Servers = openapi3.Servers{{URL: e.srv.URL}} // the document's "/" is relative to where it is served
-	router, err := legacy.NewRouter(doc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tests := []struct {
-		method, path, body string
-		header             []string
-		status             int
-	}{
+	router := documentRouter(t, e, e.srv.URL)
+	tests := []answerCase{
 		{"GET", "/v1/models", "", nil, 200},
 		{"GET", "/v2/models/words", "", nil, 200},
 		{"GET", "/v2/models/nope", "", nil, 404},
@@ -124,17 +116,58 @@ func TestOpenAPIMatchesAnswers(t *testing.T) {
 		{"GET", "/healthz", "", nil, 200},
 		{"GET", "/readyz", "", nil, 200},
 		{"POST", "/v1/models/sum/infer", `{"id":"a","input":{"numbers":[1,2]}}`, nil, 200},
-		{"POST", "/v2/models/sum/infer", `{"inputs":[{"numbers":[1]},{"numbers":[]}]}`, []string{"X-API-Key", "b"}, 200},
-		{"POST", "/v2/models/words/infer", `{"input":{"text":"a b"}}`, []string{"X-API-Key", "c"}, 200},
+		{"POST", "/v2/models/sum/infer", `{"inputs":[{"numbers":[1]},{"numbers":[]}]}`, []string{"X-Forwarded-For", "10.0.1.2"}, 200},
+		{"POST", "/v2/models/words/infer", `{"input":{"text":"a b"}}`, []string{"X-Forwarded-For", "10.0.1.3"}, 200},
 		{"POST", "/v1/models/sum/infer", `{"input":`, nil, 400},
 		{"POST", "/v1/models/nope/infer", `{"input":{}}`, nil, 404},
 		{"POST", "/v9/models/sum/infer", `{"input":{}}`, nil, 404},
 		{"POST", "/v1/models/sum/infer", `{"input":{"numbers":[]}}`, nil, 422},
 		{"POST", "/v1/models/sum/infer", `{"input":{"numbers":[1]}}`, nil, 200},
 		{"POST", "/v1/models/sum/infer", `{"input":{"numbers":[1]}}`, nil, 429},
-		{"POST", "/v2/models/sum/infer", `{"inputs":[{},{},{},{}]}`, []string{"X-API-Key", "d"}, 413},
-		{"POST", "/v1/models/sum/infer", `{"input":{"numbers":[1],"down":10}}`, []string{"X-API-Key", "e"}, 503},
+		{"POST", "/v2/models/sum/infer", `{"inputs":[{},{},{},{}]}`, []string{"X-Forwarded-For", "10.0.1.4"}, 413},
+		{"POST", "/v1/models/sum/infer", `{"input":{"numbers":[1],"down":10}}`, []string{"X-Forwarded-For", "10.0.1.5"}, 503},
 	}
+	checkAnswers(t, e, router, tests)
+
+	// With auth on: the refusals of the login and of the role.
+	auth := newEnv(t, envConfig{opts: func(o *Options) { o.Auth = testAuth(t) }})
+	router = documentRouter(t, e, auth.srv.URL)
+	checkAnswers(t, auth, router, []answerCase{
+		{"GET", "/v1/models", "", nil, 401},
+		{"GET", "/v2/models/sum", "", basic("nobody"), 401},
+		{"POST", "/v1/models/sum/infer", `{"input":{"numbers":[1]}}`, nil, 401},
+		{"POST", "/v1/models/sum/infer", `{"input":{"numbers":[1]}}`, basic("ops"), 403},
+		{"POST", "/v1/models/sum/infer", `{"input":{"numbers":[1]}}`, bearer(thermoKey), 200},
+		{"GET", "/metrics", "", basic("thermo-1"), 403},
+		{"GET", "/metrics", "", nil, 401},
+		{"GET", "/openapi.json", "", nil, 401},
+		{"GET", "/healthz", "", nil, 200},
+	})
+}
+
+// answerCase is a request and the status its answer must have.
+type answerCase struct {
+	method, path, body string
+	header             []string
+	status             int
+}
+
+// documentRouter routes requests to url through the document e serves.
+func documentRouter(t *testing.T, e *env, url string) routers.Router {
+	t.Helper()
+	doc := loadOpenAPI(t, e)
+	doc.Servers = openapi3.Servers{{URL: url}} // the document's "/" is relative to where it is served
+	router, err := legacy.NewRouter(doc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return router
+}
+
+// checkAnswers sends each request and validates its answer (status,
+// content type, body) against the document.
+func checkAnswers(t *testing.T, e *env, router routers.Router, tests []answerCase) {
+	t.Helper()
 	for _, tt := range tests {
 		var body []byte
 		if tt.body != "" {

@@ -165,17 +165,17 @@ func TestSSEClientGoesAway(t *testing.T) {
 // connection; another client cannot.
 func TestCancel(t *testing.T) {
 	e := newEnv(t, envConfig{workers: 2})
-	resp := e.openStream(t, context.Background(), "/v2/models/words/infer", `{"id":"c1","input":{"text":"a b","wait":true}}`, "Accept", "text/event-stream", "X-API-Key", "alpha")
+	resp := e.openStream(t, context.Background(), "/v2/models/words/infer", `{"id":"c1","input":{"text":"a b","wait":true}}`, "Accept", "text/event-stream", "X-Forwarded-For", "10.0.0.1")
 	defer resp.Body.Close()
 	rd := newSSEReader(resp.Body)
 	if ev, err := rd.next(); err != nil || ev.Event != api.EventDelta {
 		t.Fatalf("first event %+v: %v", ev, err)
 	}
 
-	if r, res := e.post(t, "/v2/models/words/infer", `{"id":"c1","cancel":true}`, "X-API-Key", "beta"); r.StatusCode != 400 {
+	if r, res := e.post(t, "/v2/models/words/infer", `{"id":"c1","cancel":true}`, "X-Forwarded-For", "10.0.0.2"); r.StatusCode != 400 {
 		t.Errorf("another client canceled: %d %+v", r.StatusCode, res)
 	}
-	r, res := e.post(t, "/v2/models/words/infer", `{"id":"c1","cancel":true}`, "X-API-Key", "alpha")
+	r, res := e.post(t, "/v2/models/words/infer", `{"id":"c1","cancel":true}`, "X-Forwarded-For", "10.0.0.1")
 	if r.StatusCode != 200 || string(res.Output) != `{"canceled":true}` || res.ID != "c1" {
 		t.Fatalf("cancel: %d %+v", r.StatusCode, res)
 	}
@@ -189,7 +189,7 @@ func TestCancel(t *testing.T) {
 	if ev, err := rd.next(); err == nil {
 		t.Errorf("event after the final one: %+v", ev)
 	}
-	if r, _ := e.post(t, "/v2/models/words/infer", `{"id":"c1","cancel":true}`, "X-API-Key", "alpha"); r.StatusCode != 400 {
+	if r, _ := e.post(t, "/v2/models/words/infer", `{"id":"c1","cancel":true}`, "X-Forwarded-For", "10.0.0.1"); r.StatusCode != 400 {
 		t.Errorf("cancel of a finished request: %d", r.StatusCode)
 	}
 }
@@ -217,7 +217,7 @@ func TestThrottle(t *testing.T) {
 		}
 	}
 	sum := `{"input":{"numbers":[1]}}`
-	alpha := []string{"X-API-Key", "alpha"}
+	alpha := []string{"X-Forwarded-For", "10.0.0.1"}
 
 	for i, want := range []struct {
 		header string
@@ -236,8 +236,8 @@ func TestThrottle(t *testing.T) {
 	if resp.Header.Get("Retry-After") != "1" || res.Error == nil || res.Error.Type != api.RateLimited || res.Error.RetryAfterMS != 1000 || res.ID != "over" {
 		t.Errorf("429: Retry-After %q, %+v", resp.Header.Get("Retry-After"), res)
 	}
-	if strings.Contains(res.Error.Message, "alpha") || !strings.Contains(res.Error.Message, "key-8ed3f6ad685b") {
-		t.Errorf("429 message %q: want the client id, never the key", res.Error.Message)
+	if !strings.Contains(res.Error.Message, "ip-10-0-0-1") {
+		t.Errorf("429 message %q: want the client id", res.Error.Message)
 	}
 
 	// A request refused before the throttle costs nothing and still tells
@@ -246,14 +246,14 @@ func TestThrottle(t *testing.T) {
 	check(t, resp, res, 400, `"default";r=0;t=3`, api.RateLimit{Limit: 3, Remaining: 0, ResetMS: 3000})
 
 	// Other clients have their own buckets.
-	resp, res = e.post(t, "/v2/models/sum/infer", sum, "Authorization", "Bearer beta")
+	resp, res = e.post(t, "/v2/models/sum/infer", sum, "X-Forwarded-For", "10.0.0.2")
 	check(t, resp, res, 200, `"default";r=2;t=1`, api.RateLimit{Limit: 3, Remaining: 2, ResetMS: 1000})
 	resp, res = e.post(t, "/v2/models/sum/infer", sum)
 	check(t, resp, res, 200, `"default";r=2;t=1`, api.RateLimit{Limit: 3, Remaining: 2, ResetMS: 1000})
 
 	// A batch is charged as n inputs; one larger than the burst can never
 	// pass: 413, and it takes nothing.
-	gamma := []string{"X-API-Key", "gamma"}
+	gamma := []string{"X-Forwarded-For", "10.0.0.3"}
 	resp, res = e.post(t, "/v2/models/sum/infer", `{"inputs":[{"numbers":[1]},{"numbers":[1]},{"numbers":[1]},{"numbers":[1]}]}`, gamma...)
 	check(t, resp, res, 413, `"default";r=3;t=0`, api.RateLimit{Limit: 3, Remaining: 3, ResetMS: 0})
 	if res.Error == nil || res.Error.Type != api.PayloadTooLarge {
@@ -265,7 +265,7 @@ func TestThrottle(t *testing.T) {
 	// A metered stream costs the model's cost up front (2) and is settled
 	// to the share it used (1 word, a quarter, rounded up to 1 token): the
 	// next request sees the other token back.
-	delta := []string{"X-API-Key", "delta"}
+	delta := []string{"X-Forwarded-For", "10.0.0.4"}
 	sresp := e.openStream(t, context.Background(), "/v1/models/words/infer", `{"input":{"text":"hello"}}`, append(delta, "Accept", "text/event-stream")...)
 	if sresp.Header.Get("RateLimit") != `"default";r=1;t=2` || sresp.Header.Get("RateLimit-Policy") != policy {
 		t.Errorf("stream headers: %v", sresp.Header)
@@ -279,7 +279,7 @@ func TestThrottle(t *testing.T) {
 	check(t, resp, res, 200, `"default";r=1;t=2`, api.RateLimit{Limit: 3, Remaining: 1, ResetMS: 2000})
 
 	// A model whose backend is down says when to retry: 503 with Retry-After.
-	resp, res = e.post(t, "/v1/models/sum/infer", `{"input":{"numbers":[1],"down":1500}}`, "X-API-Key", "epsilon")
+	resp, res = e.post(t, "/v1/models/sum/infer", `{"input":{"numbers":[1],"down":1500}}`, "X-Forwarded-For", "10.0.0.5")
 	if resp.StatusCode != 503 || res.Error == nil || res.Error.Type != api.ModelUnavailable || res.Error.RetryAfterMS != 1500 || resp.Header.Get("Retry-After") != "2" {
 		t.Errorf("backend down: %d Retry-After %q %+v", resp.StatusCode, resp.Header.Get("Retry-After"), res.Error)
 	}
@@ -300,7 +300,7 @@ func TestOverloaded(t *testing.T) {
 		Now:     fixedClock,
 	}})
 	// The only worker is busy with a stream that waits...
-	busy := e.openStream(t, context.Background(), "/v1/models/words/infer", `{"input":{"text":"a b","wait":true}}`, "Accept", "text/event-stream", "X-API-Key", "a")
+	busy := e.openStream(t, context.Background(), "/v1/models/words/infer", `{"input":{"text":"a b","wait":true}}`, "Accept", "text/event-stream", "X-Forwarded-For", "10.0.1.1")
 	defer busy.Body.Close()
 	rd := newSSEReader(busy.Body)
 	if ev, err := rd.next(); err != nil || ev.Event != api.EventDelta {
@@ -308,14 +308,14 @@ func TestOverloaded(t *testing.T) {
 	}
 	// ...and the queue's one place is taken: a stream's headers come once
 	// the pool has taken its request.
-	queued := e.openStream(t, context.Background(), "/v1/models/words/infer", `{"input":{"text":"q"}}`, "Accept", "text/event-stream", "X-API-Key", "b")
+	queued := e.openStream(t, context.Background(), "/v1/models/words/infer", `{"input":{"text":"q"}}`, "Accept", "text/event-stream", "X-Forwarded-For", "10.0.1.2")
 	defer queued.Body.Close()
 	if queued.StatusCode != 200 || e.pool.QueueDepth() != 1 {
 		t.Fatalf("queued stream: %d, queue depth %d", queued.StatusCode, e.pool.QueueDepth())
 	}
 
 	for range 2 {
-		resp, res := e.post(t, "/v1/models/sum/infer", `{"input":{"numbers":[1]}}`, "X-API-Key", "c")
+		resp, res := e.post(t, "/v1/models/sum/infer", `{"input":{"numbers":[1]}}`, "X-Forwarded-For", "10.0.1.3")
 		if resp.StatusCode != 503 || res.Error == nil || res.Error.Type != api.Overloaded {
 			t.Fatalf("full queue: %d %+v", resp.StatusCode, res)
 		}
