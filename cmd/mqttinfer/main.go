@@ -6,6 +6,7 @@
 //	mqttinfer watch    result traffic, readably
 //	mqttinfer models   the model catalog
 //	mqttinfer chat     ask the chat model, answer streamed over MQTT
+//	mqttinfer passwd   add or change a user of the credentials file
 //	mqttinfer version  the version
 package main
 
@@ -43,7 +44,7 @@ func rootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), workerCmd(), simCmd(), watchCmd(), modelsCmd(), chatCmd(), versionCmd())
+	root.AddCommand(serveCmd(), workerCmd(), simCmd(), watchCmd(), modelsCmd(), chatCmd(), passwdCmd(), versionCmd())
 	return root
 }
 
