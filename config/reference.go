@@ -68,23 +68,42 @@ Besides the options' own, these ` + "`" + EnvPrefix + "_*`" + ` variables are no
 	b.WriteString(`
 ## Credentials file
 
-With ` + "`auth.enabled: true`" + `, every MQTT client logs in with a username and
-password from ` + "`auth.credentials_file`" + `:
+With ` + "`auth.enabled: true`" + `, every MQTT client and every HTTP request (but ` + "`/healthz`" + ` and
+` + "`/readyz`" + `) logs in as a user of ` + "`auth.credentials_file`" + `. ` + "`mqttinfer passwd`" + ` writes it:
+
+` + "```sh" + `
+printf '%s\n' "$PASSWORD" | mqttinfer passwd --credentials creds.yaml --role device thermo-1
+mqttinfer passwd --credentials creds.yaml --api-key thermo-1   # prints a new HTTP API key once
+mqttinfer passwd --credentials creds.yaml --delete thermo-1
+mqttinfer passwd --credentials creds.yaml --hash-plaintext     # hash every plain-text password
+` + "```" + `
 
 ` + "```yaml" + `
 users:
-  - {username: d1, password: secret, role: device}
-  - {username: ops, password: s3cret, role: observer}
-  - {username: w1, password: s3cr3t, role: worker}
+  - username: thermo-1
+    password_hash: $2a$10$...          # bcrypt
+    role: device
+    api_keys:
+      - $2a$10$...                      # mqi_thermo-1_1a2b…, 2025-06-01
+  - {username: ops, password_hash: "$2a$10$...", role: observer}
+  - {username: w1, password_hash: "$2a$10$...", role: worker}
 ` + "```" + `
 
 - ` + "`device`" + `: publishes requests under its own id (the username is the device id) and
-  reads its own results, the model catalog and status;
-- ` + "`observer`" + `: reads every result, the catalog and status, publishes nothing;
-- ` + "`worker`" + `: takes requests and publishes results (a remote ` + "`mqttinfer worker`" + `).
+  reads its own results, the model catalog and status; over HTTP it runs inference
+  requests as itself and reads the catalog;
+- ` + "`observer`" + `: reads every result, the catalog and status, publishes nothing; over HTTP
+  it reads the catalog and ` + "`/metrics`" + `;
+- ` + "`worker`" + `: takes requests and publishes results (a remote ` + "`mqttinfer worker`" + `); over
+  HTTP it reads the catalog and ` + "`/metrics`" + `.
 
-Usernames are 1–64 bytes of ` + "`[A-Za-z0-9._-]`" + ` and unique; passwords are non-empty
-and stored in plain text, so make the file readable only by the service.
+Usernames are 1–64 bytes of ` + "`[A-Za-z0-9._-]`" + ` and unique. ` + "`password_hash`" + ` and each of
+` + "`api_keys`" + ` are bcrypt hashes; a user needs a password or an API key. An API key
+(` + "`mqi_<username>_<64 hex digits>`" + `, sent as ` + "`Authorization: Bearer <key>`" + `) is shown once
+by ` + "`mqttinfer passwd --api-key`" + `; the file keeps only its hash, and deleting its line
+revokes it. A plain-text ` + "`password:`" + ` is refused unless the file says
+` + "`insecure_plaintext: true`" + ` at the top level (development only; the service then logs
+a warning). The service reads the file at start: restart it after a change.
 `)
 	return b.String()
 }
