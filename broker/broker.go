@@ -11,6 +11,7 @@ package broker
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -35,7 +36,17 @@ type Options struct {
 	// TCPAddr is the MQTT over TCP listen address; "" disables it.
 	TCPAddr string
 	// WSAddr is the MQTT over WebSocket listen address; "" disables it.
+	// With TLS it is WebSocket over TLS.
 	WSAddr string
+	// TLSAddr is the MQTT over TLS listen address; "" disables it. It needs TLS.
+	TLSAddr string
+	// TLS is the server side of the TLS listeners (its client
+	// authentication decides mutual TLS); nil means no TLS.
+	TLS *tls.Config
+	// CertIdentity is where a verified client certificate's identity comes
+	// from: "cn" (the default) or "san". A client that shows one is that
+	// device (see Credential and the auth hook).
+	CertIdentity string
 	// MaxPacketSize is the largest MQTT packet accepted, in bytes; a larger
 	// one resets the connection (mochi's behaviour). 0 = 256 KiB.
 	MaxPacketSize int
@@ -83,6 +94,7 @@ type Broker struct {
 	opts   Options
 	srv    *mqtt.Server
 	tcp    *listeners.TCP
+	tlsl   *listeners.TCP
 	reqs   *requestHook
 	log    *slog.Logger
 	closed chan struct{}
@@ -162,6 +174,17 @@ func New(opts Options) (*Broker, error) {
 			return nil, fmt.Errorf("mqtt tcp listener on %s: %w", opts.TCPAddr, err)
 		}
 	}
+	if opts.TLSAddr != "" {
+		if opts.TLS == nil {
+			b.closeListeners()
+			return nil, errors.New("mqtt tls listener: no certificate")
+		}
+		b.tlsl = listeners.NewTCP(listeners.Config{ID: "tls", Address: opts.TLSAddr, TLSConfig: opts.TLS})
+		if err := srv.AddListener(b.tlsl); err != nil {
+			b.closeListeners()
+			return nil, fmt.Errorf("mqtt tls listener on %s: %w", opts.TLSAddr, err)
+		}
+	}
 	if opts.WSAddr != "" {
 		// mochi's WebSocket listener binds inside Serve; check the address now
 		// so a taken port fails at start-up with a clear error.
@@ -171,7 +194,7 @@ func New(opts Options) (*Broker, error) {
 		} else {
 			ln.Close()
 		}
-		if err := srv.AddListener(listeners.NewWebsocket(listeners.Config{ID: "ws", Address: opts.WSAddr})); err != nil {
+		if err := srv.AddListener(listeners.NewWebsocket(listeners.Config{ID: "ws", Address: opts.WSAddr, TLSConfig: opts.TLS})); err != nil {
 			b.closeListeners()
 			return nil, fmt.Errorf("mqtt websocket listener on %s: %w", opts.WSAddr, err)
 		}
@@ -201,7 +224,7 @@ func (b *Broker) Close() error {
 	// (through Len), and a Delete waiting in between blocks both. So the
 	// listeners are closed and their clients disconnected here, with one
 	// read lock (GetAll), and removed before the server's Close runs.
-	for _, id := range []string{"tcp", "ws"} {
+	for _, id := range []string{"tcp", "tls", "ws"} {
 		b.srv.Listeners.Close(id, b.disconnectClients)
 		b.srv.Listeners.Delete(id)
 	}
@@ -215,6 +238,14 @@ func (b *Broker) disconnectClients(listener string) {
 			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
 		}
 	}
+}
+
+// TLSAddr is the bound MQTT over TLS address ("" when it is off).
+func (b *Broker) TLSAddr() string {
+	if b.tlsl == nil {
+		return ""
+	}
+	return b.tlsl.Address()
 }
 
 // Addr is the bound MQTT over TCP address ("" when TCP is off).

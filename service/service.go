@@ -43,6 +43,7 @@ type Service struct {
 	models   *Models
 	limiter  *throttle.Limiter
 	httpLim  *throttle.Limiter // HTTP clients: their own buckets, the same limits
+	certs    *certs            // the TLS certificates, nil without TLS
 	broker   *broker.Broker
 	pool     *worker.Pool // MQTT requests when worker.in_process is on; HTTP requests always
 	httpSrv  *http.Server
@@ -77,10 +78,17 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 		Metrics:         m,
 		Log:             log.With("component", "worker"),
 	}
+	if cfg.TLS.CertFile != "" {
+		if s.certs, err = newCerts(cfg.TLS, log.With("component", "tls")); err != nil {
+			return nil, err
+		}
+	}
 	opts := broker.Options{
 		Prefix:                 cfg.Prefix,
 		TCPAddr:                cfg.MQTT.TCPAddr,
 		WSAddr:                 cfg.MQTT.WSAddr,
+		TLSAddr:                cfg.MQTT.TLSAddr,
+		CertIdentity:           cfg.TLS.Identity,
 		MaxPacketSize:          cfg.MQTT.MaxPacketSize,
 		MaxRequestSize:         cfg.MQTT.MaxRequestSize,
 		RequestLimit:           s.models.Registry.MaxRequestSize,
@@ -93,6 +101,9 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 		HasModel:               s.models.Registry.Has,
 		Metrics:                m,
 		Log:                    log.With("component", "broker"),
+	}
+	if s.certs != nil {
+		opts.TLS = s.certs.serverConfig(cfg.TLS.ClientCAFile != "")
 	}
 	if cfg.Auth.Enabled {
 		creds, err := config.LoadCredentials(cfg.Auth.CredentialsFile)
@@ -165,9 +176,17 @@ func (s *Service) Start() error {
 		}
 	}
 	s.goRun(func() { s.models.Run(ctx) })
+	if s.certs != nil {
+		s.goRun(func() { s.certs.run(ctx) })
+	}
 	if s.httpSrv != nil {
 		s.goRun(func() {
-			if err := s.httpSrv.Serve(s.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			serve := func() error { return s.httpSrv.Serve(s.httpLn) }
+			if s.certs != nil {
+				s.httpSrv.TLSConfig = s.certs.serverConfig(false)
+				serve = func() error { return s.httpSrv.ServeTLS(s.httpLn, "", "") }
+			}
+			if err := serve(); err != nil && !errors.Is(err, http.ErrServerClosed) {
 				s.log.Error("http server stopped", "error", err)
 			}
 		})
@@ -208,6 +227,9 @@ func (s *Service) Shutdown(ctx context.Context) error {
 
 // MQTTAddr is the bound MQTT over TCP address.
 func (s *Service) MQTTAddr() string { return s.broker.Addr() }
+
+// MQTTTLSAddr is the bound MQTT over TLS address ("" when it is off).
+func (s *Service) MQTTTLSAddr() string { return s.broker.TLSAddr() }
 
 // HTTPAddr is the bound HTTP address ("" when HTTP is off).
 func (s *Service) HTTPAddr() string {

@@ -145,6 +145,10 @@ type wsConn struct {
 	r io.Reader
 }
 
+// NetConn returns the connection under the WebSocket (a *tls.Conn over
+// TLS), so that a hook can read the client's certificate (mqttinfer patch).
+func (ws *wsConn) NetConn() net.Conn { return ws.Conn }
+
 // Read reads the next span of bytes from the websocket connection and returns the number of bytes read.
 func (ws *wsConn) Read(p []byte) (int, error) {
 	if ws.r == nil {
