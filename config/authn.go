@@ -8,6 +8,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -60,11 +61,14 @@ const proofsPerUser = 4
 // for 10 minutes as an HMAC of the secret under a key drawn at start, never
 // the secret itself; failures are never remembered, so each wrong guess
 // costs a bcrypt. An unknown user costs a bcrypt too, so that the time of a
-// refusal does not tell which usernames exist.
+// refusal does not tell which usernames exist. At most half the CPUs run
+// bcrypt at once (at least one), so that a flood of bad logins slows other
+// logins down but leaves the rest of the service its share.
 type Authenticator struct {
 	users   map[string]Credential
-	key     []byte // HMAC key of the remembered verifications
-	dummy   []byte // a hash to spend a bcrypt on for unknown users
+	key     []byte        // HMAC key of the remembered verifications
+	dummy   []byte        // a hash to spend a bcrypt on for unknown users
+	slots   chan struct{} // one per bcrypt that may run at once
 	now     func() time.Time
 	bcrypts atomic.Int64 // bcrypt comparisons made, for tests
 
@@ -88,6 +92,7 @@ func NewAuthenticator(users []Credential) (*Authenticator, error) {
 	a := &Authenticator{
 		users:  make(map[string]Credential, len(users)),
 		key:    make([]byte, 32),
+		slots:  make(chan struct{}, max(1, runtime.GOMAXPROCS(0)/2)),
 		now:    time.Now,
 		proofs: map[string][]proof{},
 	}
@@ -183,8 +188,7 @@ func (a *Authenticator) verify(username, kind string, hashes []string, secret []
 		return true
 	}
 	for _, h := range hashes {
-		a.bcrypts.Add(1)
-		if bcrypt.CompareHashAndPassword([]byte(h), secret) == nil {
+		if a.compare([]byte(h), secret) {
 			a.remember(username, proof{sum: sum, until: now.Add(verifiedFor)})
 			return true
 		}
@@ -213,9 +217,14 @@ func (a *Authenticator) remember(username string, p proof) {
 
 // spend makes one bcrypt comparison that fails, so that a refusal for an
 // unknown user takes as long as one for a wrong password.
-func (a *Authenticator) spend(secret []byte) {
+func (a *Authenticator) spend(secret []byte) { a.compare(a.dummy, secret) }
+
+// compare reports whether secret matches the bcrypt hash, once a slot is free.
+func (a *Authenticator) compare(hash, secret []byte) bool {
+	a.slots <- struct{}{}
+	defer func() { <-a.slots }()
 	a.bcrypts.Add(1)
-	_ = bcrypt.CompareHashAndPassword(a.dummy, secret)
+	return bcrypt.CompareHashAndPassword(hash, secret) == nil
 }
 
 // equalSecrets compares two secrets in constant time, their lengths included.
