@@ -7,7 +7,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Real-data tests fail (not skip) when their Debian packages are missing.
 export MQTTINFER_REQUIRE_TESTDATA ?= 1
 
-.PHONY: all build run test test-short bench lint fmt testdeps models clean
+.PHONY: all build run test test-short bench fuzz lint fmt testdeps models clean
 
 all: build
 
@@ -29,6 +29,7 @@ testdeps:
 test: testdeps models
 	$(GO) vet ./...
 	$(GO) test -race -count=1 -timeout 10m ./...
+	./scripts/fuzz.sh 2
 
 ## test-short: the same without the race detector, for a quick loop
 test-short: testdeps models
@@ -38,6 +39,10 @@ test-short: testdeps models
 bench: build testdeps models
 	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./throttle/ ./inference/... ./api/ ./topics/
 	./scripts/bench.sh $(BIN)
+
+## fuzz: every fuzz target for $(FUZZTIME) seconds each (default 60)
+fuzz:
+	./scripts/fuzz.sh $(FUZZTIME)
 
 ## lint: gofmt, go vet, staticcheck (fetched through the Go module proxy)
 lint:
