@@ -51,12 +51,18 @@ type Credential = config.Credential
 // resent without an ACL check) to any client that resumes it with the same
 // client id, so resuming another user's session is refused; a clean start
 // discards it and is allowed.
+//
+// A client that shows a verified client certificate (mutual TLS) is the
+// identity the certificate names (certIdentity): with auth on it must be a
+// user of the credentials file and needs no password, and a username it
+// sends must be that identity.
 type authHook struct {
 	mqtt.HookBase
-	prefix string
-	levels []string              // the prefix's levels
-	auth   *config.Authenticator // nil in open mode
-	logins *config.LoginLog
+	prefix   string
+	levels   []string              // the prefix's levels
+	auth     *config.Authenticator // nil in open mode
+	logins   *config.LoginLog
+	certMode string // where a certificate's identity comes from: "cn" ("") or "san"
 
 	mu     sync.Mutex
 	owners map[string]string // client id → username, for every session mochi keeps
@@ -91,23 +97,53 @@ func (h *authHook) SetOpts(l *slog.Logger, opts *mqtt.HookOptions) {
 	h.logins = config.NewLoginLog(l)
 }
 
-// OnConnectAuthenticate checks the CONNECT's username and password; a
-// refusal is logged at INFO with its reason (rate-limited: see
-// config.LoginLog), because mochi logs none that an operator would see.
+// Why a login with a client certificate was refused.
+var (
+	errCertUser     = errors.New("client certificate of an unknown user")
+	errCertUsername = errors.New("username is not the client certificate's identity")
+)
+
+// OnConnectAuthenticate checks the CONNECT's username and password, or its
+// client certificate; a refusal is logged at INFO with its reason
+// (rate-limited: see config.LoginLog), because mochi logs none that an
+// operator would see. A client with a certificate gets its identity as its
+// username, for the ACL and the identity of its requests.
 func (h *authHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
-	if h.auth == nil {
-		return true
-	}
 	user := string(pk.Connect.Username)
-	_, err := h.auth.Password(user, pk.Connect.Password)
-	if err == nil {
+	certID, certified := h.certified(cl)
+	var err error
+	switch {
+	case certified && user != "" && user != certID:
+		err = errCertUsername
+	case h.auth == nil:
+	case certified:
+		if _, ok := h.auth.Lookup(certID); !ok {
+			err = errCertUser
+		}
+	default:
+		_, err = h.auth.Password(user, pk.Connect.Password)
+	}
+	if certified {
+		user = certID
+	}
+	if err == nil && h.auth != nil {
 		err = h.claim(cl.ID, user, pk.Connect.Clean)
 	}
 	if err != nil {
 		h.logins.Refused("mqtt login refused", "username", user, "client_id", cl.ID, "remote", cl.Net.Remote, "reason", err.Error())
 		return false
 	}
+	if certified {
+		cl.Properties.Username = []byte(certID)
+	}
 	return true
+}
+
+// certified returns the identity of cl's verified client certificate; false
+// without one, or when it names none.
+func (h *authHook) certified(cl *mqtt.Client) (string, bool) {
+	id, ok := certIdentity(cl, h.certMode)
+	return id, ok && id != ""
 }
 
 // errOthersSession refuses a login that would resume another user's session.
@@ -289,10 +325,14 @@ func stripShare(filter string) string {
 }
 
 // senderID is the identity a request must be published under: the
-// authenticated username when auth is on, else the MQTT client id.
+// authenticated username (or certificate identity) when auth is on, else
+// the identity of the client's certificate, else its MQTT client id.
 func (h *authHook) senderID(cl *mqtt.Client) string {
 	if h.auth != nil {
 		return string(cl.Properties.Username)
+	}
+	if id, ok := h.certified(cl); ok {
+		return id
 	}
 	return cl.ID
 }

@@ -1,6 +1,8 @@
 package broker
 
 import (
+	"crypto/tls"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -124,7 +126,6 @@ func TestCredentialsValidated(t *testing.T) {
 		{[]Credential{{Username: "a", Password: "x", Role: "admin"}}, `role "admin"`},
 		{[]Credential{{Username: "a", Password: "x", Role: RoleDevice}, {Username: "a", Password: "y", Role: RoleWorker}}, "already used"},
 		{[]Credential{{Username: "a", PasswordHash: "s3cret", Role: RoleDevice}}, "not a bcrypt hash"},
-		{[]Credential{{Username: "a", Role: RoleDevice}}, "could never log in"},
 	} {
 		if _, err := newAuthHook("p", c.creds); err == nil || !strings.Contains(err.Error(), c.msg) {
 			t.Errorf("%+v: %v, want %q", c.creds, err, c.msg)
@@ -163,16 +164,30 @@ func startAuthBroker(t *testing.T) *authBroker {
 
 // messages is what a client received, by topic, in order.
 type messages struct {
-	mu     sync.Mutex
-	topics []string
-	got    chan string
+	mu       sync.Mutex
+	topics   []string
+	payloads []string
+	got      chan string
 }
 
 func (m *messages) handler(_ paho.Client, msg paho.Message) {
 	m.mu.Lock()
 	m.topics = append(m.topics, msg.Topic())
+	m.payloads = append(m.payloads, string(msg.Payload()))
 	m.mu.Unlock()
 	m.got <- msg.Topic()
+}
+
+// payload is the last payload received on topic.
+func (m *messages) payload(topic string) string {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for i := len(m.topics) - 1; i >= 0; i-- {
+		if m.topics[i] == topic {
+			return m.payloads[i]
+		}
+	}
+	return ""
 }
 
 func (m *messages) all() []string {
@@ -380,4 +395,92 @@ func TestCheckIdentity(t *testing.T) {
 	if e := checkIdentity("bad id", topic("bad id")); e == nil || e.Status() != 403 {
 		t.Errorf("invalid sender id: %v", e)
 	}
+}
+
+// TestClientCertificates: a client with a verified client certificate is
+// the identity it names, on the ACL and for its requests; with auth on it
+// must be a user of the credentials file and needs no password.
+func TestClientCertificates(t *testing.T) {
+	ca := testenv.NewCA(t)
+	certFile, keyFile := ca.ServerFiles(t, t.TempDir(), "127.0.0.1")
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := func(creds []Credential) (*Broker, *testenv.LogBuffer) {
+		log := &testenv.LogBuffer{}
+		b, err := New(Options{
+			TLSAddr:     "127.0.0.1:0",
+			TLS:         &tls.Config{Certificates: []tls.Certificate{pair}, ClientCAs: ca.Pool(), ClientAuth: tls.RequireAndVerifyClientCert},
+			Credentials: creds,
+			Log:         log.Logger(),
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := b.Serve(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { b.Close() })
+		return b, log
+	}
+	dial := func(b *Broker, cn, clientID, user, password string) (paho.Client, *messages, error) {
+		m := &messages{got: make(chan string, 64)}
+		o := paho.NewClientOptions().AddBroker("ssl://" + b.TLSAddr()).SetClientID(clientID).SetTLSConfig(ca.ClientTLS(t, cn)).
+			SetProtocolVersion(4).SetAutoReconnect(false).SetConnectRetry(false).SetDefaultPublishHandler(m.handler)
+		if user != "" {
+			o.SetUsername(user).SetPassword(password)
+		}
+		c := paho.NewClient(o)
+		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+			return nil, nil, fmt.Errorf("connect: %v", tok.Error())
+		}
+		t.Cleanup(func() { c.Disconnect(0) })
+		return c, m, nil
+	}
+
+	t.Run("auth", func(t *testing.T) {
+		b, log := start([]Credential{
+			{Username: "cam-7", Role: RoleDevice}, // a certificate only
+			{Username: "d1", PasswordHash: hashed(t, "pw-d1"), Role: RoleDevice},
+		})
+		c, _, err := dial(b, "cam-7", "any-client-id", "", "")
+		if err != nil {
+			t.Fatalf("cam-7 with its certificate: %v", err)
+		}
+		if !subscribe(t, c, "mqttinfer/+/res/cam-7/#") || subscribe(t, c, "mqttinfer/+/res/d1/#") {
+			t.Error("cam-7 is not its certificate's identity on the ACL")
+		}
+		for _, tt := range []struct{ cn, user, password, reason string }{
+			{"cam-7", "d1", "pw-d1", "username is not the client certificate's identity"},
+			{"stranger", "", "", "client certificate of an unknown user"},
+		} {
+			if _, _, err := dial(b, tt.cn, "x-"+tt.cn, tt.user, tt.password); err == nil {
+				t.Errorf("certificate %s as %q logged in", tt.cn, tt.user)
+			}
+			if n := len(log.Lines(`reason="` + tt.reason + `"`)); n != 1 {
+				t.Errorf("%d log lines with reason %q", n, tt.reason)
+			}
+		}
+		if _, _, err := dial(b, "d1", "d1-client", "", ""); err != nil {
+			t.Errorf("d1 with a certificate and no password: %v", err)
+		}
+	})
+
+	t.Run("open", func(t *testing.T) {
+		b, _ := start(nil)
+		c, m, err := dial(b, "cam-7", "client-x", "", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The request is cam-7's although its client id is not: it is
+		// admitted (and answered 503: no worker here), not refused 403.
+		res := topics.Result(topics.DefaultPrefix, "v1", "cam-7", "anomaly")
+		subscribe(t, c, res)
+		publish(t, c, topics.Request(topics.DefaultPrefix, "v1", "cam-7", "anomaly"), `{"id":"r1","input":{}}`)
+		m.await(t, res)
+		if got := m.payload(res); !strings.Contains(got, `"status":503`) {
+			t.Errorf("cam-7's request answered %s", got)
+		}
+	})
 }

@@ -88,9 +88,9 @@ type credentialsFile struct {
 //	  - {username: w1, password_hash: "$2a$10$…", role: worker}
 //
 // `mqttinfer passwd` writes the entries. Every username must be a valid id
-// (it becomes the device id) and unique, every role one of Roles, every
-// user needs a password_hash or an API key, and hashes must be bcrypt
-// hashes. A plain-text password: is refused unless the file says
+// (it becomes the device id) and unique, every role one of Roles, and
+// hashes must be bcrypt hashes. A user without a password or an API key
+// logs in only with a client certificate that names it (tls.client_ca_file). A plain-text password: is refused unless the file says
 // insecure_plaintext: true at the top level; the service should then log
 // Credentials.Warning. Unknown fields are an error. All problems are
 // reported together, each with its entry index.
@@ -141,8 +141,6 @@ func checkUsers(users []Credential) []error {
 		switch {
 		case u.Password != "" && u.PasswordHash != "":
 			bad("user %q has both password and password_hash: keep password_hash", u.Username)
-		case u.Password == "" && u.PasswordHash == "" && len(u.APIKeys) == 0:
-			bad("user %q has no password_hash and no api_keys, so it could never log in: set a password with mqttinfer passwd", u.Username)
 		case u.PasswordHash != "" && !isBcrypt(u.PasswordHash):
 			bad("user %q: password_hash is not a bcrypt hash like \"$2a$10$…\": make one with mqttinfer passwd", u.Username)
 		}

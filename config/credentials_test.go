@@ -38,6 +38,7 @@ func TestLoadCredentials(t *testing.T) {
     password_hash: %s
     role: observer
   - {username: w-1.a, api_keys: ["%s"], role: worker}
+  - {username: cam-7, role: device}
 `, d1, key, ops, key)
 	got, err := LoadCredentials(writeFile(t, "creds.yaml", good))
 	if err != nil {
@@ -47,6 +48,7 @@ func TestLoadCredentials(t *testing.T) {
 		{Username: "d1", PasswordHash: d1, Role: RoleDevice, APIKeys: []string{key}},
 		{Username: "ops", PasswordHash: ops, Role: RoleObserver},
 		{Username: "w-1.a", Role: RoleWorker, APIKeys: []string{key}},
+		{Username: "cam-7", Role: RoleDevice}, // logs in with a client certificate only
 	}
 	if !reflect.DeepEqual(got, want) {
 		t.Fatalf("LoadCredentials = %+v, want %+v", got, want)
@@ -88,14 +90,13 @@ func TestLoadCredentials(t *testing.T) {
 		{"empty username", "users:\n  - {password_hash: '" + d1 + "', role: device}\n", []string{`users[0]: username "": invalid id: empty`}},
 		{"duplicate username", "users:\n  - {username: d1, password_hash: '" + d1 + "', role: device}\n  - {username: d2, password_hash: '" + d1 + "', role: device}\n  - {username: d1, password_hash: '" + d1 + "', role: worker}\n",
 			[]string{`users[2]: username "d1" is already used by users[0]`}},
-		{"no secret", "users:\n  - {username: d1, role: device}\n", []string{`users[0]: user "d1" has no password_hash and no api_keys`}},
 		{"a password in password_hash", "users:\n  - {username: d1, password_hash: secret, role: device}\n", []string{`users[0]: user "d1": password_hash is not a bcrypt hash`}},
 		{"a key in api_keys", "users:\n  - {username: d1, api_keys: [mqi_d1_abc], role: device}\n", []string{`users[0]: user "d1": api_keys[0] is not a bcrypt hash`}},
 		{"both", "insecure_plaintext: true\nusers:\n  - {username: d1, password: x, password_hash: '" + d1 + "', role: device}\n", []string{"both password and password_hash"}},
 		{"unknown role", "users:\n  - {username: d1, password_hash: '" + d1 + "', role: device}\n  - {username: a, password_hash: '" + d1 + "', role: admin}\n",
 			[]string{`users[1]: user "a" has role "admin"; the roles are device, observer, worker`}},
 		{"missing role", "users:\n  - {username: d1, password_hash: '" + d1 + "'}\n", []string{`users[0]: user "d1" has role ""`}},
-		{"every problem", "users:\n  - {username: '', role: x}\n", []string{"users[0]: username", `users[0]: user "" has no password_hash`, `has role "x"`}},
+		{"every problem", "users:\n  - {username: '', password_hash: x, role: x}\n", []string{"users[0]: username", `users[0]: user "": password_hash is not a bcrypt hash`, `has role "x"`}},
 	}
 	for _, tt := range bad {
 		t.Run(tt.name, func(t *testing.T) {
@@ -134,6 +135,7 @@ func TestAuthenticator(t *testing.T) {
 		{Username: "d1", PasswordHash: hash(t, "pw-d1"), Role: RoleDevice, APIKeys: []string{hash(t, "another"), keyHash}},
 		{Username: "ops", Password: "pw-ops", Role: RoleObserver},
 		{Username: "w1", APIKeys: []string{keyHash}, Role: RoleWorker},
+		{Username: "cam-7", Role: RoleDevice},
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -155,6 +157,7 @@ func TestAuthenticator(t *testing.T) {
 		{"ops", "pw-ops", nil},
 		{"ops", "pw-op", ErrWrongPassword},
 		{"w1", "anything", ErrWrongPassword}, // keys only
+		{"cam-7", "", ErrWrongPassword},      // a client certificate only
 	} {
 		before := bcrypts()
 		c, err := a.Password(tt.user, []byte(tt.password))
