@@ -98,7 +98,8 @@ users:
   HTTP it reads the catalog and ` + "`/metrics`" + `.
 
 Usernames are 1–64 bytes of ` + "`[A-Za-z0-9._-]`" + ` and unique. ` + "`password_hash`" + ` and each of
-` + "`api_keys`" + ` are bcrypt hashes; a user needs a password or an API key. An API key
+` + "`api_keys`" + ` are bcrypt hashes; a user with neither logs in only with a client
+certificate that names it (` + "`tls.client_ca_file`" + `). An API key
 (` + "`mqi_<username>_<64 hex digits>`" + `, sent as ` + "`Authorization: Bearer <key>`" + `) is shown once
 by ` + "`mqttinfer passwd --api-key`" + `; the file keeps only its hash, and deleting its line
 revokes it. A plain-text ` + "`password:`" + ` is refused unless the file says
