@@ -2,7 +2,6 @@ package broker
 
 import (
 	"crypto/tls"
-	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -141,8 +140,7 @@ type authBroker struct {
 
 func startAuthBroker(t *testing.T) *authBroker {
 	t.Helper()
-	log := &testenv.LogBuffer{}
-	b, err := New(Options{
+	return serve(t, Options{
 		TCPAddr: "127.0.0.1:0",
 		Credentials: []Credential{
 			{Username: "d1", PasswordHash: hashed(t, "pw-d1"), Role: RoleDevice},
@@ -150,8 +148,15 @@ func startAuthBroker(t *testing.T) *authBroker {
 			{Username: "ops", PasswordHash: hashed(t, "pw-ops"), Role: RoleObserver},
 			{Username: "w1", PasswordHash: hashed(t, "pw-w1"), Role: RoleWorker},
 		},
-		Log: log.Logger(),
 	})
+}
+
+// serve starts a broker with opts, logging into a buffer.
+func serve(t *testing.T, opts Options) *authBroker {
+	t.Helper()
+	log := &testenv.LogBuffer{}
+	opts.Log = log.Logger()
+	b, err := New(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -212,19 +217,25 @@ func (m *messages) await(t *testing.T, topic string) {
 	}
 }
 
-// dial connects to b as user (password user's "pw-"), with clientID.
+// dial connects to b's TCP listener as user with password and clientID.
 func (b *authBroker) dial(t *testing.T, clientID, user, password string, clean bool) (paho.Client, *messages, error) {
 	t.Helper()
-	m := &messages{got: make(chan string, 64)}
-	o := paho.NewClientOptions().AddBroker("tcp://" + b.Addr()).SetClientID(clientID).SetCleanSession(clean).
-		SetProtocolVersion(4).SetAutoReconnect(false).SetConnectRetry(false).SetDefaultPublishHandler(m.handler)
+	o := paho.NewClientOptions().AddBroker("tcp://" + b.Addr()).SetClientID(clientID).SetCleanSession(clean)
 	if user != "" {
 		o.SetUsername(user).SetPassword(password)
 	}
-	c := paho.NewClient(o)
+	return connect(t, o)
+}
+
+// connect connects a client with options o (MQTT 3.1.1, no retries) that
+// records every message it receives.
+func connect(t *testing.T, o *paho.ClientOptions) (paho.Client, *messages, error) {
+	t.Helper()
+	m := &messages{got: make(chan string, 64)}
+	c := paho.NewClient(o.SetProtocolVersion(4).SetAutoReconnect(false).SetConnectRetry(false).SetDefaultPublishHandler(m.handler))
 	tok := c.Connect()
 	if !tok.WaitTimeout(10 * time.Second) {
-		t.Fatalf("connect %s: no CONNACK", clientID)
+		t.Fatal("connect: no CONNACK")
 	}
 	if tok.Error() != nil {
 		return nil, nil, tok.Error()
@@ -408,35 +419,19 @@ func TestClientCertificates(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := func(creds []Credential) (*Broker, *testenv.LogBuffer) {
-		log := &testenv.LogBuffer{}
-		b, err := New(Options{
+		b := serve(t, Options{
 			TLSAddr:     "127.0.0.1:0",
 			TLS:         &tls.Config{Certificates: []tls.Certificate{pair}, ClientCAs: ca.Pool(), ClientAuth: tls.RequireAndVerifyClientCert},
 			Credentials: creds,
-			Log:         log.Logger(),
 		})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := b.Serve(); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { b.Close() })
-		return b, log
+		return b.Broker, b.log
 	}
 	dial := func(b *Broker, cn, clientID, user, password string) (paho.Client, *messages, error) {
-		m := &messages{got: make(chan string, 64)}
-		o := paho.NewClientOptions().AddBroker("ssl://" + b.TLSAddr()).SetClientID(clientID).SetTLSConfig(ca.ClientTLS(t, cn)).
-			SetProtocolVersion(4).SetAutoReconnect(false).SetConnectRetry(false).SetDefaultPublishHandler(m.handler)
+		o := paho.NewClientOptions().AddBroker("ssl://" + b.TLSAddr()).SetClientID(clientID).SetTLSConfig(ca.ClientTLS(t, cn))
 		if user != "" {
 			o.SetUsername(user).SetPassword(password)
 		}
-		c := paho.NewClient(o)
-		if tok := c.Connect(); !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
-			return nil, nil, fmt.Errorf("connect: %v", tok.Error())
-		}
-		t.Cleanup(func() { c.Disconnect(0) })
-		return c, m, nil
+		return connect(t, o)
 	}
 
 	t.Run("auth", func(t *testing.T) {
