@@ -9,10 +9,11 @@
 #   FUZZ_TARGETS        only the targets matching one of these space-separated
 #                       shell patterns on pkg.Name, e.g. 'api.* topics.FuzzParse'
 #                       (pkg is the import path without the module's)
-#   FUZZ_MINIMIZE_TIME  how long go test may minimize an input (default 10s).
-#                       It minimizes every new interesting input too, and in a
-#                       package with a large coverage map a minute of that
-#                       (go's default) stalls a short run.
+#   FUZZ_MINIMIZE_TIME  how long go test may minimize one input (default 1s).
+#                       It minimizes every input that finds new coverage too,
+#                       and go's default of a minute per input stalls a run
+#                       for most of its time. To get a smaller failing input,
+#                       run the failing target again with, say, 60s.
 #
 # A failing target leaves its input under testdata/fuzz/<Name>/ of its
 # package (the failure says which file and how to re-run it). Once the bug
@@ -24,7 +25,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-60}
 GO=${GO:-go}
-minimize=${FUZZ_MINIMIZE_TIME:-10s}
+minimize=${FUZZ_MINIMIZE_TIME:-1s}
 case $secs in '' | *[!0-9]*) echo "usage: $0 [SECONDS]" >&2; exit 2 ;; esac
 
 start=$(date +%s)
@@ -103,7 +104,14 @@ for t in "${targets[@]}"; do
 	if [ $status = FAIL ]; then
 		failed+=("$(short "$pkg" "$name")")
 		# What the target reported, the file Go wrote the input to, how to re-run it.
-		grep -v '^fuzz: elapsed' "$log" | tail -n 30 | sed 's/^/    /'
+		grep -v '^fuzz: elapsed' "$log" | head -n 25 | sed 's/^/    /'
+		dir=${pkg#"$module"}
+		dir=${dir#/}
+		input=$(grep -o 'testdata/fuzz/[^ ]*' "$log" | tail -n1 || true)
+		if [ -n "$input" ]; then
+			echo "    input: ${dir:+$dir/}$input"
+			echo "    re-run: $GO test -run '^$name\$/^${input##*/}\$' ./$dir"
+		fi
 	fi
 done
 echo "fuzz: ${#targets[@]} targets, ${secs}s each, $(($(date +%s) - start))s in all, ${#failed[@]} failed"
