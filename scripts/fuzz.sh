@@ -89,6 +89,7 @@ elif [ ${#targets[@]} -eq 0 ]; then
 	exit 1
 fi
 
+spurious=()
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 for t in "${targets[@]}"; do
@@ -99,6 +100,13 @@ for t in "${targets[@]}"; do
 	$GO test -run '^$' -fuzz "^$name\$" -fuzztime "${secs}s" -fuzzminimizetime "$minimize" \
 		-timeout "$((secs + 600))s" "$pkg" >"$log" 2>&1 || status=FAIL
 	ms=$((($(date +%s%N) - t0) / 1000000))
+	# Go before 1.27 may fail a target whose -fuzztime ends with a bare
+	# "context deadline exceeded" and no input (golang/go#75804): a race in
+	# its coordinator, not a finding.
+	if [ $status = FAIL ] && grep -qx '    context deadline exceeded' "$log" && ! grep -q 'Failing input written' "$log"; then
+		status=ok
+		spurious+=("$(short "$pkg" "$name")")
+	fi
 	execs=$(grep -o 'execs: [0-9]*' "$log" | tail -n1 | cut -d' ' -f2 || true)
 	printf '%-4s %-44s %5d.%ds %12s execs\n' "$status" "$(short "$pkg" "$name")" $((ms / 1000)) $((ms % 1000 / 100)) "${execs:--}"
 	if [ $status = FAIL ]; then
@@ -115,6 +123,9 @@ for t in "${targets[@]}"; do
 	fi
 done
 echo "fuzz: ${#targets[@]} targets, ${secs}s each, $(($(date +%s) - start))s in all, ${#failed[@]} failed"
+if [ ${#spurious[@]} -gt 0 ]; then
+	echo "fuzz: ignored go's spurious \"context deadline exceeded\" at the end of the run (golang/go#75804): ${spurious[*]}"
+fi
 if [ ${#failed[@]} -gt 0 ]; then
 	printf 'fuzz: FAIL %s\n' "${failed[@]}"
 	exit 1
