@@ -20,6 +20,7 @@ import (
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
+	pebblestore "github.com/mochi-mqtt/server/v2/hooks/storage/pebble"
 	"github.com/mochi-mqtt/server/v2/listeners"
 	"github.com/mochi-mqtt/server/v2/packets"
 
@@ -72,6 +73,11 @@ type Options struct {
 	// connect, and their role decides what they may publish and subscribe.
 	// nil is the open development mode.
 	Credentials []Credential
+	// StorageDir, when set, is the directory where the broker keeps its
+	// clients, subscriptions, retained messages and QoS 1/2 messages in
+	// flight or queued for offline sessions (mochi's Pebble hook), so that
+	// they survive a restart.
+	StorageDir string
 	// Throttle limits each device; nil switches throttling off.
 	Throttle *throttle.Limiter
 	// Models returns the names of the models served, for 404 replies; nil
@@ -156,6 +162,7 @@ func New(opts Options) (*Broker, error) {
 	if err != nil {
 		return nil, err
 	}
+	auth.certMode = opts.CertIdentity
 	b.reqs = newRequestHook(b, auth)
 	maxKA := uint16(0)
 	if opts.MaxKeepAlive > 0 {
@@ -165,6 +172,15 @@ func New(opts Options) (*Broker, error) {
 	for _, h := range []mqtt.Hook{auth, &statsHook{b: b}, conn, b.reqs} {
 		if err := srv.AddHook(h, nil); err != nil {
 			return nil, fmt.Errorf("add %s hook: %w", h.ID(), err)
+		}
+	}
+	if opts.StorageDir != "" {
+		// NoSync: the store survives the process being killed (the
+		// operating system keeps what was written), not a power loss, and
+		// costs no fsync per message.
+		if err := srv.AddHook(new(pebblestore.Hook), &pebblestore.Options{Path: opts.StorageDir, Mode: pebblestore.NoSync}); err != nil {
+			b.closeListeners()
+			return nil, fmt.Errorf("storage in %s: %w", opts.StorageDir, err)
 		}
 	}
 
@@ -235,7 +251,10 @@ func (b *Broker) Close() error {
 func (b *Broker) disconnectClients(listener string) {
 	for _, cl := range b.srv.Clients.GetAll() {
 		if cl.Net.Listener == listener && !cl.Closed() {
+			// DISCONNECT, then close: with PassiveClientDisconnect mochi
+			// would wait for the client to close.
 			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+			cl.Stop(packets.ErrServerShuttingDown)
 		}
 	}
 }

@@ -48,7 +48,7 @@ func (g *gateway) infer(w http.ResponseWriter, r *http.Request) {
 	received := time.Now()
 	x := &exchange{w: w, r: r, ver: r.PathValue("ver"), model: r.PathValue("model"), client: g.clientOf(r)}
 	requestCBOR := isCBOR(r.Header.Get("Content-Type"))
-	body, bodyErr := g.readBody(w, r)
+	body, bodyErr := g.readBody(w, r, x.model)
 	if bodyErr == nil && !requestCBOR {
 		x.id = api.PeekID(body)
 	}
@@ -269,16 +269,23 @@ func httpStatus(status int) int {
 	return status
 }
 
-// readBody reads the request body up to the size limit.
-func (g *gateway) readBody(w http.ResponseWriter, r *http.Request) ([]byte, *api.Error) {
-	if r.ContentLength > g.maxBody {
-		return nil, api.Errorf(api.PayloadTooLarge, "request body is %d bytes, the limit is %d", r.ContentLength, g.maxBody)
+// readBody reads the request body up to the size limit of model: its own
+// (the registry's, as on MQTT), else the gateway's.
+func (g *gateway) readBody(w http.ResponseWriter, r *http.Request, model string) ([]byte, *api.Error) {
+	limit := g.maxBody
+	if g.models != nil {
+		if l := g.models.MaxRequestSize(model); l > 0 {
+			limit = int64(l)
+		}
+	}
+	if r.ContentLength > limit {
+		return nil, api.Errorf(api.PayloadTooLarge, "request body is %d bytes, the limit for model %q is %d", r.ContentLength, model, limit)
 	}
 	var buf bytes.Buffer
 	if r.ContentLength > 0 {
 		buf.Grow(int(r.ContentLength))
 	}
-	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, g.maxBody)); err != nil {
+	if _, err := buf.ReadFrom(http.MaxBytesReader(w, r.Body, limit)); err != nil {
 		if mbe, ok := errors.AsType[*http.MaxBytesError](err); ok {
 			return nil, api.Errorf(api.PayloadTooLarge, "request body is over the limit of %d bytes", mbe.Limit)
 		}

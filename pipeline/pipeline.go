@@ -42,6 +42,9 @@ type Request struct {
 	// RateLimit is the device's bucket after this request (nil when it is
 	// not throttled); every reply echoes it.
 	RateLimit *api.RateLimit
+	// OnDone, when set, is called by Done, after the in-flight slot is
+	// given back (the journal forgets the request then).
+	OnDone func()
 
 	// Set by the throttle when it charged the request.
 	release func()        // gives back the in-flight slot
@@ -61,6 +64,9 @@ func (r *Request) Done() {
 	r.once.Do(func() {
 		if r.release != nil {
 			r.release()
+		}
+		if r.OnDone != nil {
+			r.OnDone()
 		}
 	})
 }

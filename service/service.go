@@ -23,7 +23,9 @@ import (
 	"github.com/mqttinfer/mqttinfer/config"
 	"github.com/mqttinfer/mqttinfer/gateway"
 	"github.com/mqttinfer/mqttinfer/inference"
+	"github.com/mqttinfer/mqttinfer/journal"
 	"github.com/mqttinfer/mqttinfer/metrics"
+	"github.com/mqttinfer/mqttinfer/pipeline"
 	"github.com/mqttinfer/mqttinfer/throttle"
 	"github.com/mqttinfer/mqttinfer/topics"
 	"github.com/mqttinfer/mqttinfer/worker"
@@ -44,6 +46,8 @@ type Service struct {
 	limiter  *throttle.Limiter
 	httpLim  *throttle.Limiter // HTTP clients: their own buckets, the same limits
 	certs    *certs            // the TLS certificates, nil without TLS
+	journal  *journaling       // the broker's dispatcher with storage on, nil without
+	metrics  *metrics.Metrics
 	broker   *broker.Broker
 	pool     *worker.Pool // MQTT requests when worker.in_process is on; HTTP requests always
 	httpSrv  *http.Server
@@ -60,6 +64,7 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 	s := &Service{cfg: cfg, log: log, reg: prometheus.NewRegistry()}
 	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(s.reg)
+	s.metrics = m
 
 	var err error
 	if s.models, err = NewModels(cfg, log); err != nil {
@@ -105,14 +110,18 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 	if s.certs != nil {
 		opts.TLS = s.certs.serverConfig(cfg.TLS.ClientCAFile != "")
 	}
+	var auth *config.Authenticator // the gateway's; nil without auth
 	if cfg.Auth.Enabled {
 		creds, err := config.LoadCredentials(cfg.Auth.CredentialsFile)
 		if err != nil {
 			return nil, err
 		}
-		opts.Credentials = make([]broker.Credential, 0, len(creds))
-		for _, c := range creds {
-			opts.Credentials = append(opts.Credentials, broker.Credential{Username: c.Username, Password: c.Password, Role: broker.Role(c.Role)})
+		if w := creds.Warning(); w != "" {
+			log.Warn(w, "file", cfg.Auth.CredentialsFile)
+		}
+		opts.Credentials = creds
+		if auth, err = config.NewAuthenticator(creds); err != nil {
+			return nil, err
 		}
 	}
 	// The pool serves the embedded broker's requests when in-process
@@ -123,17 +132,37 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 		opts.Dispatcher = s.pool
 		s.pool.Transport = "in_process"
 	}
+	if cfg.Storage.Dir != "" {
+		opts.StorageDir = brokerDir(cfg.Storage.Dir)
+		if cfg.Worker.InProcess {
+			j, err := journal.Open(journalDir(cfg.Storage.Dir))
+			if err != nil {
+				return nil, err
+			}
+			s.journal = &journaling{pool: s.pool, j: j, log: log.With("component", "journal")}
+			opts.Dispatcher = s.journal
+		}
+	}
 	if s.broker, err = broker.New(opts); err != nil {
+		s.closeJournal()
 		return nil, err
 	}
 	if cfg.HTTP.Addr != "" {
 		if s.httpLn, err = net.Listen("tcp", cfg.HTTP.Addr); err != nil {
 			s.broker.Close()
+			s.closeJournal()
 			return nil, fmt.Errorf("http listener on %s: %w", cfg.HTTP.Addr, err)
 		}
-		if cfg.Throttle.Enabled {
+		switch {
+		case cfg.Throttle.Enabled && cfg.Auth.Enabled:
+			// An HTTP client is a user of the credentials file: a device has
+			// one bucket, whichever door it comes through.
+			s.httpLim = s.limiter
+		case cfg.Throttle.Enabled:
+			// An HTTP client is its address: buckets of its own.
 			if s.httpLim, err = NewThrottle(cfg, s.models.Registry); err != nil {
 				s.broker.Close()
+				s.closeJournal()
 				return nil, err
 			}
 		}
@@ -143,6 +172,7 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 				Ready:       map[string]gateway.Check{"broker": s.broker.Ready, "workers": s.workersReady},
 				Pool:        s.pool,
 				Models:      s.models.Registry,
+				Auth:        auth,
 				Throttle:    s.httpLim,
 				Metrics:     m,
 				MaxBodySize: cfg.MQTT.MaxRequestSize,
@@ -164,13 +194,29 @@ func (s *Service) Start() error {
 	if err := s.broker.Serve(); err != nil {
 		return fmt.Errorf("start broker: %w", err)
 	}
+	if s.journal != nil {
+		// Requests accepted before a crash and never answered: run them now.
+		adm := &pipeline.Admission{MaxSize: s.cfg.MQTT.MaxRequestSize, Limit: s.models.Registry.MaxRequestSize,
+			HasModel: s.models.Registry.Has, Models: s.models.Registry.Names, Metrics: s.metrics}
+		n, err := s.replay(s.journal, adm)
+		if err != nil {
+			return fmt.Errorf("journal: %w", err)
+		}
+		if n > 0 {
+			s.log.Warn("requests accepted before the last stop and not answered are run now", "count", n)
+		}
+	}
 	if err := s.publishCatalog(); err != nil {
 		return err
 	}
 	s.since = time.Now().UTC().Format(time.RFC3339)
 	s.publishStatus("online")
 	s.goRun(func() { s.refreshStatus(ctx) })
-	for _, l := range []*throttle.Limiter{s.limiter, s.httpLim} {
+	limiters := []*throttle.Limiter{s.limiter}
+	if s.httpLim != s.limiter {
+		limiters = append(limiters, s.httpLim)
+	}
+	for _, l := range limiters {
 		if l != nil {
 			s.goRun(func() { l.Run(ctx) })
 		}
@@ -221,8 +267,17 @@ func (s *Service) Shutdown(ctx context.Context) error {
 		s.broker.Close()
 		s.wg.Wait()
 		s.models.Close()
+		s.closeJournal()
 	})
 	return err
+}
+
+func (s *Service) closeJournal() {
+	if s.journal != nil {
+		if err := s.journal.j.Close(); err != nil {
+			s.log.Warn("journal: close", "error", err)
+		}
+	}
 }
 
 // MQTTAddr is the bound MQTT over TCP address.

@@ -13,7 +13,8 @@ import (
 
 func TestAuthRoles(t *testing.T) {
 	creds := filepath.Join(t.TempDir(), "creds.yaml")
-	err := os.WriteFile(creds, []byte(`users:
+	err := os.WriteFile(creds, []byte(`insecure_plaintext: true
+users:
   - {username: thermo-1, password: pw-thermo, role: device}
   - {username: thermo-2, password: pw-thermo2, role: device}
   - {username: ops, password: pw-ops, role: observer}
@@ -117,7 +118,8 @@ func granted(t *testing.T, c paho.Client, filter string) bool {
 // protocol (statuses, sent records, results) passes the ACL.
 func TestAuthRemoteWorkers(t *testing.T) {
 	creds := filepath.Join(t.TempDir(), "creds.yaml")
-	err := os.WriteFile(creds, []byte(`users:
+	err := os.WriteFile(creds, []byte(`insecure_plaintext: true
+users:
   - {username: mic-1, password: pw-mic, role: device}
   - {username: w1, password: pw-w1, role: worker}
 `), 0o600)
