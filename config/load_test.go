@@ -483,7 +483,7 @@ func TestCommandFlags(t *testing.T) {
 			"node": "node", "prefix": "prefix", "log-level": "log_level", "log-format": "log_format",
 			"mqtt-addr": "mqtt.tcp_addr", "ws-addr": "mqtt.ws_addr", "max-packet-size": "mqtt.max_packet_size",
 			"mqtt-tls-addr": "mqtt.tls_addr", "tls-cert": "tls.cert_file", "tls-key": "tls.key_file", "tls-client-ca": "tls.client_ca_file",
-			"storage-dir": "storage.dir",
+			"storage-dir":      "storage.dir",
 			"max-request-size": "mqtt.max_request_size", "max-clients": "mqtt.max_clients",
 			"http-addr": "http.addr", "pprof": "http.pprof", "auth": "auth.enabled", "credentials": "auth.credentials_file",
 			"throttle": "throttle.enabled", "throttle-rate": "throttle.rate", "throttle-burst": "throttle.burst",
