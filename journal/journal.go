@@ -135,7 +135,7 @@ func keyOf(k uint64) []byte {
 // quiet drops Pebble's informational logs.
 type quiet struct{}
 
-func (quiet) Infof(string, ...any)  {}
+func (quiet) Infof(string, ...any) {}
 func (quiet) Fatalf(format string, args ...any) {
 	panic(fmt.Sprintf(format, args...))
 }
