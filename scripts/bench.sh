@@ -69,6 +69,15 @@ echo -n "embedded   "; summary <"$work/e100.json"; e100cpu=$(per_rt "$c0" "$c1" 
 echo "embedded   service CPU per round trip: ${e10cpu} us (10 devices), ${e100cpu} us (100 devices); the simulator shares the 2 cores"
 kill "$pid"; wait "$pid" 2>/dev/null || true
 
+echo "== durability: the same load with storage.dir (broker store + journal of accepted requests)"
+p=$(freeport); h=$(freeport); pid=$(serve "$p" "$h" MQTTINFER_STORAGE_DIR="$work/store"); pids+=("$pid"); waitport "$p"
+c0=$(cpu_ms "$pid"); sim "$p" 100 120 >"$work/s100.json"; c1=$(cpu_ms "$pid")
+echo -n "storage    "; summary <"$work/s100.json"; s100cpu=$(per_rt "$c0" "$c1" "$work/s100.json")
+kill "$pid"; wait "$pid" 2>/dev/null || true
+jq -rn --slurpfile e "$work/e100.json" --slurpfile s "$work/s100.json" \
+	'"ratio round trips/s, storage on / off (100 devices): \(($s[0].round_trips_per_sec / $e[0].round_trips_per_sec * 100 | floor) / 100)x"'
+echo "ratio service CPU per round trip, storage on / off (100 devices): $(python3 -c "print(round($s100cpu/$e100cpu,2))")x ($s100cpu us vs $e100cpu us)"
+
 if command -v /usr/sbin/mosquitto >/dev/null; then
 	mp=$(freeport)
 	# Unbounded queues: Mosquitto's default (1000 queued per client) would drop

@@ -11,7 +11,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/fxamacker/cbor/v2"
+	cborlib "github.com/fxamacker/cbor/v2"
+
 
 	"github.com/mqttinfer/mqttinfer/api"
 	"github.com/mqttinfer/mqttinfer/config"
@@ -259,6 +260,82 @@ func contract(t *testing.T, sh shape) {
 		}
 	})
 
+	t.Run("bad input matrix", func(t *testing.T) {
+		// Every bad input gets a defined error on the sender's topic, and
+		// the device is served normally afterwards: no crash, no stall.
+		d := dialDevice(t, dep.addr, "matrix-1", mqttclient.V5)
+		req := func(ver, model string) string { return topics.Request("mqttinfer", ver, d.id, model) }
+		deep := strings.Repeat("[", 20000) + strings.Repeat("]", 20000)
+		cborOf := func(v any) []byte {
+			b, err := api.MarshalCBOR(v)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return b
+		}
+		cbor := mqttclient.Properties{ContentType: api.ContentTypeCBOR}
+		for _, c := range []struct {
+			name    string
+			topic   string
+			payload []byte
+			props   mqttclient.Properties
+			want    api.ErrorType
+		}{
+			{"truncated json", req("v1", "anomaly"), []byte(`{"id":"m1","input":{"sensor":`), mqttclient.Properties{}, api.InvalidRequest},
+			{"array body", req("v1", "anomaly"), []byte(`[{"input":1}]`), mqttclient.Properties{}, api.InvalidRequest},
+			{"deep nesting", req("v1", "anomaly"), []byte(`{"id":"m2","input":` + deep + `}`), mqttclient.Properties{}, api.InvalidRequest},
+			{"not utf-8", req("v1", "anomaly"), []byte("{\"id\":\"m3\",\"input\":{\"sensor\":\"\xff\xfe\",\"value\":1}}"), mqttclient.Properties{}, api.InvalidRequest},
+			{"number too big", req("v1", "anomaly"), []byte(`{"id":"m4","input":{"sensor":"t","value":1e400}}`), mqttclient.Properties{}, api.InvalidInput},
+			{"NaN literal", req("v1", "anomaly"), []byte(`{"id":"m5","input":{"sensor":"t","value":NaN}}`), mqttclient.Properties{}, api.InvalidRequest},
+			{"null input", req("v1", "anomaly"), []byte(`{"id":"m6","input":null}`), mqttclient.Properties{}, api.InvalidRequest},
+			{"numeric id", req("v1", "anomaly"), []byte(`{"id":7,"input":{}}`), mqttclient.Properties{}, api.InvalidRequest},
+			{"negative deadline", req("v1", "anomaly"), []byte(`{"id":"m7","input":{},"deadline_ms":-1}`), mqttclient.Properties{}, api.InvalidRequest},
+			{"params not an object", req("v1", "anomaly"), []byte(`{"id":"m8","input":{},"params":[1]}`), mqttclient.Properties{}, api.InvalidRequest},
+			{"batch on v1", req("v1", "anomaly"), []byte(`{"id":"m9","inputs":[{}]}`), mqttclient.Properties{}, api.InvalidRequest},
+			{"empty batch", req("v2", "anomaly"), []byte(`{"id":"m10","inputs":[]}`), mqttclient.Properties{}, api.InvalidRequest},
+			{"batch too big", req("v2", "anomaly"), []byte(`{"id":"m11","inputs":[` + strings.TrimSuffix(strings.Repeat(`{"sensor":"t","value":1},`, 300), ",") + `]}`), mqttclient.Properties{}, api.InvalidRequest},
+			{"streamed batch", req("v2", "anomaly"), []byte(`{"id":"m12","stream":true,"inputs":[{"sensor":"t","value":1}]}`), mqttclient.Properties{}, api.InvalidRequest},
+			{"cancel without id", req("v1", "anomaly"), []byte(`{"cancel":true}`), mqttclient.Properties{}, api.InvalidRequest},
+			{"wrong input type", req("v1", "anomaly"), []byte(`{"id":"m13","input":{"sensor":5,"value":1}}`), mqttclient.Properties{}, api.InvalidInput},
+			{"too many values", req("v1", "anomaly"), []byte(`{"id":"m14","input":{"sensor":"t","values":[` + strings.TrimSuffix(strings.Repeat("1,", 10001), ",") + `]}}`), mqttclient.Properties{}, api.InvalidInput},
+			{"vad odd pcm16", req("v1", "vad"), []byte(`{"id":"m15","input":{"pcm16":"AQID"}}`), mqttclient.Properties{}, ""},
+			{"ocr not an image", req("v1", "ocr"), []byte(`{"id":"m16","input":{"image":"R0lGODlhAQ=="}}`), mqttclient.Properties{}, ""},
+			{"cbor garbage", req("v2", "anomaly"), []byte{0xff, 0x00, 0x13}, cbor, api.InvalidRequest},
+			{"cbor array", req("v2", "anomaly"), cborOf([]any{1, 2}), cbor, api.InvalidRequest},
+			{"cbor on v1", req("v1", "anomaly"), cborOf(map[string]any{"id": "m17", "input": map[string]any{}}), cbor, api.InvalidRequest},
+			{"cbor byte-string id, read as base64", req("v2", "anomaly"), cborOf(map[string]any{"id": []byte("m18"), "input": map[string]any{}}), cbor, api.InvalidInput},
+		} {
+			ctx, cancel := context.WithTimeout(context.Background(), wait)
+			err := d.Publish(ctx, mqttclient.Message{Topic: c.topic, Payload: c.payload, QoS: 1, Properties: c.props})
+			cancel()
+			if err != nil {
+				t.Fatalf("%s: %v", c.name, err)
+			}
+			m := d.next(t)
+			h, ok := api.PeekReply(m.Payload, m.Properties.ContentType)
+			var res struct {
+				Error *api.Error `json:"error" cbor:"error"`
+			}
+			if m.Properties.ContentType == api.ContentTypeCBOR {
+				_ = cborlib.Unmarshal(m.Payload, &res)
+			} else {
+				_ = json.Unmarshal(m.Payload, &res)
+			}
+			switch {
+			case !ok || h.Status < 400 || res.Error == nil:
+				t.Errorf("%s: %s", c.name, m.Payload)
+			case c.want == "" && res.Error.Type != api.InvalidInput && res.Error.Type != api.ModelUnavailable:
+				t.Errorf("%s: %s, want invalid_input (or model_unavailable without the ONNX models)", c.name, res.Error.Type)
+			case c.want != "" && res.Error.Type != c.want:
+				t.Errorf("%s: %s (%s), want %s", c.name, res.Error.Type, res.Error.Message, c.want)
+			}
+		}
+		d.pub(t, req("v1", "anomaly"), sample("after", 20))
+		if r := d.result(t); r.Status != 200 || r.ID != "after" {
+			t.Fatalf("after the matrix: %+v", r)
+		}
+	})
+
 	t.Run("mqtt5", func(t *testing.T) {
 		d := dialDevice(t, dep.addr, "five-1", mqttclient.V5, "app/five-1/replies")
 		d.pub(t, topics.Request("mqttinfer", "v1", d.id, "anomaly"), sample("rr", 20),
@@ -281,7 +358,7 @@ func contract(t *testing.T, sh shape) {
 				Status int `cbor:"status"`
 			} `cbor:"outputs"`
 		}
-		if err := cbor.Unmarshal(m.Payload, &res); err != nil || res.ID != "cb" || len(res.Outputs) != 2 || m.Properties.ContentType != api.ContentTypeCBOR {
+		if err := cborlib.Unmarshal(m.Payload, &res); err != nil || res.ID != "cb" || len(res.Outputs) != 2 || m.Properties.ContentType != api.ContentTypeCBOR {
 			t.Errorf("CBOR v2 batch: %+v %v (%+v)", res, err, m.Properties)
 		}
 	})
