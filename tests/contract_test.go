@@ -13,7 +13,6 @@ import (
 
 	cborlib "github.com/fxamacker/cbor/v2"
 
-
 	"github.com/mqttinfer/mqttinfer/api"
 	"github.com/mqttinfer/mqttinfer/config"
 	"github.com/mqttinfer/mqttinfer/internal/testenv"
