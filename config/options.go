@@ -144,8 +144,8 @@ var options = []option{
 		doc: "Where a client certificate's identity comes from: `cn`, the subject's common name, or `san`, the first DNS name of its subject alternative names (else the first URI). It must be a valid id (1–64 of `[A-Za-z0-9._-]`); a certificate without one is refused at connection."},
 	{key: "storage.dir", flag: "storage-dir", on: serve, usage: "directory where the broker keeps sessions, retained messages and queued messages, and the journal of accepted requests (\"\" keeps nothing)", unit: "path",
 		doc: "Directory of the embedded broker's store (Pebble): persistent sessions, subscriptions, retained messages and queued QoS 1/2 messages survive a restart, and requests accepted for the in-process workers are journaled until answered, so that a crash loses none: after a restart they are run and answered (a request whose deadline passed meanwhile is answered 408). Empty keeps nothing across a restart. One process per directory."},
-	{key: "auth.enabled", flag: "auth", on: serve, usage: "require MQTT logins from the credentials file",
-		doc: "Require every MQTT client to log in with a username and password from `auth.credentials_file`; roles decide what it may publish and subscribe. Off is the open development mode: any client id connects and may watch results."},
+	{key: "auth.enabled", flag: "auth", on: serve, usage: "require logins from the credentials file on MQTT and HTTP",
+		doc: "Require every MQTT client and every HTTP request (but `/healthz` and `/readyz`) to log in as a user of `auth.credentials_file`: a password (HTTP Basic over HTTP), a Bearer API key over HTTP, or a client certificate (`tls.client_ca_file`); roles decide what it may publish, subscribe and call. Off is the open development mode: any client id connects and may watch results, and an HTTP client is its address."},
 	{key: "auth.credentials_file", flag: "credentials", on: serve, usage: "credentials file (YAML) used with --auth", unit: "path",
 		doc: "Credentials file (see below); required when `auth.enabled`. A relative path is relative to the working directory."},
 
