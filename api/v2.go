@@ -32,16 +32,9 @@ func Decode(version string, body []byte, contentType string) (Request, *Error) {
 		if version == "v1" {
 			return Request{}, Errorf(InvalidRequest, "CBOR bodies need API v2; v1 takes JSON")
 		}
-		var v any
-		if err := cborDec.Unmarshal(body, &v); err != nil {
-			return Request{}, Errorf(InvalidRequest, "malformed CBOR: %v", err)
-		}
-		if _, ok := v.(map[string]any); !ok {
-			return Request{}, Errorf(InvalidRequest, "body is not a CBOR map")
-		}
-		js, err := json.Marshal(v)
+		js, err := cborAsJSON(body)
 		if err != nil {
-			return Request{}, Errorf(InvalidRequest, "CBOR body has no JSON equivalent: %v", err)
+			return Request{}, err
 		}
 		body = js
 	}
@@ -62,6 +55,23 @@ func Decode(version string, body []byte, contentType string) (Request, *Error) {
 		return Request{ID: r.ID}, Errorf(InvalidRequest, "field \"stream\": a batch of inputs cannot be streamed")
 	}
 	return r, nil
+}
+
+// cborAsJSON reads a CBOR map request body as the JSON the rest of the
+// decoding takes: byte strings become base64 strings.
+func cborAsJSON(body []byte) ([]byte, *Error) {
+	var v any
+	if err := cborDec.Unmarshal(body, &v); err != nil {
+		return nil, Errorf(InvalidRequest, "malformed CBOR: %v", err)
+	}
+	if _, ok := v.(map[string]any); !ok {
+		return nil, Errorf(InvalidRequest, "body is not a CBOR map")
+	}
+	js, err := json.Marshal(v)
+	if err != nil {
+		return nil, Errorf(InvalidRequest, "CBOR body has no JSON equivalent: %v", err)
+	}
+	return js, nil
 }
 
 // MarshalCBOR encodes a reply as CBOR, with the same keys as its JSON.

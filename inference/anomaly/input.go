@@ -263,6 +263,9 @@ func timestamp(raw []byte, name string) (int64, error) {
 		if err != nil {
 			return 0, inference.InvalidInput("%s must be an RFC 3339 time like \"2024-11-25T01:20:00Z\", got %q", name, clip(s))
 		}
+		if ms := t.UnixMilli(); ms < minTS || ms > maxTS {
+			return 0, inference.InvalidInput("%s is out of range: %q is outside years 0001-9999 (UTC)", name, clip(s))
+		}
 		return t.UnixMilli(), nil
 	default:
 		return 0, inference.InvalidInput("%s must be unix milliseconds or an RFC 3339 string, got %s", name, a(k))
