@@ -89,6 +89,9 @@ type Options struct {
 	// Dispatcher receives accepted requests; nil routes them to remote
 	// workers subscribed to the request topics instead.
 	Dispatcher Dispatcher
+	// Sessions, when set, learns of the devices' connections, subscriptions
+	// and acknowledgements (a cluster edge).
+	Sessions Sessions
 	// Metrics records counters; nil records nothing.
 	Metrics *metrics.Metrics
 	// Log receives the broker's logs; nil discards them.
@@ -169,7 +172,11 @@ func New(opts Options) (*Broker, error) {
 		maxKA = uint16(min(opts.MaxKeepAlive/time.Second, math.MaxUint16))
 	}
 	conn := &connackHook{maxPacket: uint32(opts.MaxPacketSize), maxKeepAlive: maxKA}
-	for _, h := range []mqtt.Hook{auth, &statsHook{b: b}, conn, b.reqs} {
+	hooks := []mqtt.Hook{auth, &statsHook{b: b}, conn, b.reqs}
+	if opts.Sessions != nil {
+		hooks = append(hooks, &sessionsHook{auth: auth, s: opts.Sessions})
+	}
+	for _, h := range hooks {
 		if err := srv.AddHook(h, nil); err != nil {
 			return nil, fmt.Errorf("add %s hook: %w", h.ID(), err)
 		}

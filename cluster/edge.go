@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/mqttinfer/mqttinfer/api"
 	"github.com/mqttinfer/mqttinfer/metrics"
 	"github.com/mqttinfer/mqttinfer/pipeline"
+	"github.com/mqttinfer/mqttinfer/throttle"
 )
 
 // publishTimeout bounds how long an edge tries to put a request into the
@@ -23,10 +25,11 @@ import (
 // PUBACK at most.
 const publishTimeout = 10 * time.Second
 
-// Broker is what an edge needs of the embedded broker: a way to publish
-// replies to the clients connected to it.
+// Broker is what an edge needs of the embedded broker (*broker.Broker):
+// publishing replies to its subscribers, or to one device's clients alone.
 type Broker interface {
 	Send(p pipeline.Reply, qos byte) error
+	SendTo(device string, p pipeline.Reply, qos byte) (bool, error)
 }
 
 // EdgeOptions configure an edge.
@@ -40,6 +43,10 @@ type EdgeOptions struct {
 	// slot at most when no result comes back for it (its deadline, and
 	// then some).
 	Hold time.Duration
+	// Throttle is the broker's throttle, nil for none: a device that
+	// moved here from another edge gets its bucket from there (as its last
+	// result left it).
+	Throttle *throttle.Limiter
 	// Metrics counts; nil counts nothing.
 	Metrics *metrics.Metrics
 	// Log receives the edge's logs.
@@ -51,18 +58,75 @@ type EdgeOptions struct {
 // device's PUBACK waits for the stream's ack), and it publishes every
 // result of the result stream on the broker, for the devices and watchers
 // connected here.
+//
+// As the broker's Sessions, it keeps for each device connected here the
+// cursor of its results: the result stream's sequence up to which the
+// device has them all (acknowledged, at QoS 1 and 2). The cursors go to a
+// key-value bucket every second and when the device leaves; when a device
+// connects to an edge (another, because its edge died, or this one again)
+// and subscribes, the edge sends it the results it missed since its cursor.
 type Edge struct {
-	o     EdgeOptions
-	names Names
-	inc   string
-	js    jetstream.JetStream
-	log   *slog.Logger
-	n     atomic.Uint64 // numbers the requests without an id
+	o       EdgeOptions
+	names   Names
+	inc     string
+	js      jetstream.JetStream
+	res     jetstream.Stream   // the result stream
+	kv      jetstream.KeyValue // the cursors
+	log     *slog.Logger
+	n       atomic.Uint64 // numbers the requests without an id
+	pumped  atomic.Uint64 // the result stream's sequence the pump has reached
+	replays chan replayJob
 
 	mu      sync.Mutex
 	pending map[string]held // accepted here, not answered yet, by key
 	workers map[string]time.Time
+	devs    map[string]*devState // the devices connected here
+	cur     sending              // the result the pump is publishing
 	started bool
+}
+
+// devState is what the edge keeps of a device connected to it.
+type devState struct {
+	conns   int               // its clients connected here
+	pending map[uint16]uint64 // result sequence by packet id: sent, not acknowledged
+	handed  uint64            // the latest result sequence the pump has passed
+	replay  replayState
+	dirty   bool // the cursor moved since it was stored
+}
+
+type replayState uint8
+
+const (
+	replayNone    replayState = iota
+	replayWanted              // it has a cursor: replay when it subscribes
+	replayRunning             // the missed results are on their way
+)
+
+// cursor is the sequence up to which the device has every result; not
+// known (false) while the results it missed are still on their way.
+func (st *devState) cursor() (uint64, bool) {
+	if st.replay != replayNone {
+		return 0, false
+	}
+	c := st.handed
+	for _, seq := range st.pending {
+		c = min(c, seq-1)
+	}
+	return c, true
+}
+
+// sending is the result the pump is publishing to a device connected here.
+type sending struct {
+	device string
+	seq    uint64
+	st     *devState
+}
+
+// replayJob is the results a device missed, for the pump to send it.
+type replayJob struct {
+	device string
+	st     *devState
+	msgs   []*jetstream.RawStreamMsg
 }
 
 type held struct {
@@ -82,7 +146,8 @@ func NewEdge(o EdgeOptions) (*Edge, error) {
 		o.Hold = 2 * time.Minute
 	}
 	e := &Edge{o: o, names: NamesFor(o.Prefix), inc: randomHex(4), js: js, log: o.Log,
-		pending: map[string]held{}, workers: map[string]time.Time{}}
+		pending: map[string]held{}, workers: map[string]time.Time{}, devs: map[string]*devState{},
+		replays: make(chan replayJob, 64)}
 	if e.log == nil {
 		e.log = slog.New(slog.DiscardHandler)
 	}
@@ -97,6 +162,19 @@ func (e *Edge) Setup(ctx context.Context) error {
 		return err
 	}
 	e.o.Options = o
+	if e.res, err = e.js.Stream(ctx, e.names.ResultStream()); err != nil {
+		return fmt.Errorf("stream %s: %w", e.names.ResultStream(), err)
+	}
+	if e.kv, err = e.js.KeyValue(ctx, e.names.CursorBucket()); err != nil {
+		return fmt.Errorf("bucket %s: %w", e.names.CursorBucket(), err)
+	}
+	// The pump starts after the results stored so far: a device that
+	// connects before its first result gets a cursor from here.
+	info, err := e.res.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("stream %s: %w", e.names.ResultStream(), err)
+	}
+	e.pumped.Store(info.State.LastSeq)
 	return nil
 }
 
@@ -168,6 +246,7 @@ func (e *Edge) Run(ctx context.Context, b Broker) error {
 	e.mu.Unlock()
 	var wg sync.WaitGroup
 	wg.Go(func() { e.sweep(ctx) })
+	wg.Go(func() { e.flushCursors(ctx) })
 	defer wg.Wait()
 	for ctx.Err() == nil {
 		if err := e.pump(ctx, b); err != nil && ctx.Err() == nil {
@@ -181,11 +260,14 @@ func (e *Edge) Run(ctx context.Context, b Broker) error {
 	return nil
 }
 
-// pump publishes the results of the result stream, from the first one
-// stored after it starts, in order.
+// pump publishes the results of the result stream in order, from the
+// first one stored after the edge started (and after the last one it
+// published, when the consumer is made again), and the results devices
+// missed (replays), one at a time.
 func (e *Edge) pump(ctx context.Context, b Broker) error {
 	cons, err := e.js.OrderedConsumer(ctx, e.names.ResultStream(), jetstream.OrderedConsumerConfig{
-		DeliverPolicy: jetstream.DeliverNewPolicy,
+		DeliverPolicy: jetstream.DeliverByStartSequencePolicy,
+		OptStartSeq:   e.pumped.Load() + 1,
 	})
 	if err != nil {
 		return fmt.Errorf("result consumer: %w", err)
@@ -197,26 +279,289 @@ func (e *Edge) pump(ctx context.Context, b Broker) error {
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
 	defer it.Stop()
+	live := make(chan jetstream.Msg, 256)
+	go func() {
+		defer close(live)
+		for {
+			msg, err := it.Next()
+			if err != nil {
+				if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+					return
+				}
+				e.log.Debug("result stream", "error", err)
+				continue
+			}
+			live <- msg
+		}
+	}()
 	for {
-		msg, err := it.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) {
+		select {
+		case msg, ok := <-live:
+			if !ok {
 				return nil
 			}
-			e.log.Debug("result stream", "error", err)
-			continue
+			meta, err := msg.Metadata()
+			if err != nil {
+				continue
+			}
+			e.deliver(b, meta.Sequence.Stream, msg, false)
+			e.pumped.Store(meta.Sequence.Stream)
+		case job := <-e.replays:
+			for _, m := range job.msgs {
+				e.deliver(b, m.Sequence, rawMsg{m}, true)
+			}
+			e.mu.Lock()
+			if job.st.replay == replayRunning {
+				job.st.replay = replayNone
+				job.st.dirty = true
+			}
+			e.mu.Unlock()
 		}
-		res, err := parseResult(msg)
+	}
+}
+
+// deliver publishes one result on the broker: to every subscriber, or to
+// its device's clients alone (a replay). For a device connected here it
+// moves the device's cursor, or notes the packet ids that must be
+// acknowledged before it does.
+func (e *Edge) deliver(b Broker, seq uint64, msg jsMsg, replay bool) {
+	res, err := parseResult(msg)
+	if err != nil {
+		e.log.Warn("result message dropped", "seq", seq, "error", err)
+		return
+	}
+	e.mu.Lock()
+	st := e.devs[res.device]
+	if st != nil {
+		e.cur = sending{device: res.device, seq: seq, st: st}
+	}
+	e.mu.Unlock()
+	if replay {
+		_, err = b.SendTo(res.device, res.reply, res.qos)
+	} else {
+		err = b.Send(res.reply, res.qos)
+	}
+	if err != nil {
+		e.log.Debug("publish result", "topic", res.reply.Topic, "error", err)
+	}
+	e.mu.Lock()
+	e.cur = sending{}
+	if st != nil && e.devs[res.device] == st {
+		st.handed = max(st.handed, seq)
+		st.dirty = true
+	}
+	e.mu.Unlock()
+	if res.reply.Final() && !replay {
+		e.answered(res.key)
+	}
+}
+
+// rawMsg is a message read directly from a stream, as a jsMsg.
+type rawMsg struct{ m *jetstream.RawStreamMsg }
+
+func (r rawMsg) Headers() nats.Header { return r.m.Header }
+func (r rawMsg) Data() []byte         { return r.m.Data }
+
+// Connected notes a device's client (broker.Sessions). A device new to
+// this edge gets its throttle bucket as its last result left it, and its
+// cursor: one it had (from another edge, or an earlier visit) for a replay
+// when it subscribes, or a new one from the results stored so far.
+func (e *Edge) Connected(device string) {
+	e.mu.Lock()
+	if st := e.devs[device]; st != nil {
+		st.conns++
+		e.mu.Unlock()
+		return
+	}
+	st := &devState{conns: 1, pending: map[uint16]uint64{}, handed: e.pumped.Load()}
+	e.devs[device] = st
+	e.mu.Unlock()
+	if e.kv == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	e.restoreBucket(ctx, device)
+	// A device new to the cluster (or back after result_ttl) gets a cursor
+	// at once, in case this edge dies; one that has a cursor gets what it
+	// missed since, when it subscribes.
+	_, err := e.kv.Create(ctx, DeviceToken(device), []byte(strconv.FormatUint(st.handed, 10)))
+	switch {
+	case errors.Is(err, jetstream.ErrKeyExists):
+		e.mu.Lock()
+		if st.replay == replayNone {
+			st.replay = replayWanted
+		}
+		e.mu.Unlock()
+	case err != nil:
+		e.log.Warn("device cursor not kept: the device gets no results it misses", "device", device, "error", err)
+	}
+}
+
+// restoreBucket sets a device's bucket as its latest result shows it.
+func (e *Edge) restoreBucket(ctx context.Context, device string) {
+	l := e.o.Throttle
+	if l == nil || !(l.Limits(device).Rate > 0) {
+		return
+	}
+	m, err := e.res.GetLastMsgForSubject(ctx, e.names.ResultSubject(device))
+	if err != nil {
+		return // none kept: a full bucket
+	}
+	res, err := parseResult(rawMsg{m})
+	if err != nil || res.rate == nil {
+		return
+	}
+	// The ratelimit says when the bucket is full again: that many
+	// seconds' worth of tokens were missing from a full one.
+	lim := l.Limits(device)
+	tokens := float64(res.rate.Limit) - lim.Rate*float64(res.rate.ResetMS)/1000
+	l.Restore(device, tokens, res.received)
+}
+
+// Subscribed starts the replay of the results a device missed, once per
+// connection (broker.Sessions).
+func (e *Edge) Subscribed(device string) {
+	e.mu.Lock()
+	st := e.devs[device]
+	if st == nil || st.replay != replayWanted {
+		e.mu.Unlock()
+		return
+	}
+	st.replay = replayRunning
+	upto := e.pumped.Load()
+	e.mu.Unlock()
+	go e.replay(device, st, upto)
+}
+
+// replay reads the results of device after its cursor, up to upto (the
+// pump publishes the later ones), and hands them to the pump. The cursor
+// is read now, not when the device connected: the edge it came from
+// stores it when the device leaves there.
+func (e *Edge) replay(device string, st *devState, upto uint64) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var msgs []*jetstream.RawStreamMsg
+	entry, err := e.kv.Get(ctx, DeviceToken(device))
+	var from uint64
+	if err == nil {
+		from, err = strconv.ParseUint(string(entry.Value()), 10, 64)
+	}
+	if err != nil {
+		e.log.Warn("device cursor not read: the device gets no results it missed", "device", device, "error", err)
+		from = upto
+	}
+	subject := e.names.ResultSubject(device)
+	for seq := from + 1; seq <= upto; {
+		m, err := e.res.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
 		if err != nil {
-			e.log.Warn("result message dropped", "subject", msg.Subject(), "error", err)
-			continue
+			if !errors.Is(err, jetstream.ErrMsgNotFound) {
+				e.log.Warn("replay of missed results cut short", "device", device, "error", err)
+			}
+			break
 		}
-		if err := b.Send(res.reply, res.qos); err != nil {
-			e.log.Debug("publish result", "topic", res.reply.Topic, "error", err)
+		if m.Sequence > upto {
+			break
 		}
-		if res.reply.Final() {
-			e.answered(res.key)
+		msgs = append(msgs, m)
+		seq = m.Sequence + 1
+	}
+	if len(msgs) > 0 {
+		e.log.Info("results a device missed sent again", "device", device, "count", len(msgs))
+		e.o.Metrics.Replayed(len(msgs))
+	}
+	select {
+	case e.replays <- replayJob{device: device, st: st, msgs: msgs}:
+	case <-ctx.Done():
+	}
+}
+
+// Sent notes the packet id of a result sent to a device (broker.Sessions).
+func (e *Edge) Sent(device string, id uint16) {
+	e.mu.Lock()
+	if e.cur.device == device {
+		e.cur.st.pending[id] = e.cur.seq
+	}
+	e.mu.Unlock()
+}
+
+// Acked notes a device's acknowledgement (broker.Sessions).
+func (e *Edge) Acked(device string, id uint16) {
+	e.mu.Lock()
+	if st := e.devs[device]; st != nil {
+		if _, ok := st.pending[id]; ok {
+			delete(st.pending, id)
+			st.dirty = true
 		}
+	}
+	e.mu.Unlock()
+}
+
+// Disconnected stores the cursor of a device whose last client here left
+// (broker.Sessions), before the broker drops its subscriptions: an edge
+// the device moves to reads it there.
+func (e *Edge) Disconnected(device string) {
+	e.mu.Lock()
+	st := e.devs[device]
+	if st == nil {
+		e.mu.Unlock()
+		return
+	}
+	if st.conns--; st.conns > 0 {
+		e.mu.Unlock()
+		return
+	}
+	delete(e.devs, device)
+	c, ok := st.cursor()
+	e.mu.Unlock()
+	if ok && e.kv != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if _, err := e.kv.Put(ctx, DeviceToken(device), []byte(strconv.FormatUint(c, 10))); err != nil {
+			e.log.Warn("device cursor not stored", "device", device, "error", err)
+		}
+	}
+}
+
+// flushCursors stores the cursors that moved, every second.
+func (e *Edge) flushCursors(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		moved := map[string]uint64{}
+		e.mu.Lock()
+		for d, st := range e.devs {
+			if c, ok := st.cursor(); ok && st.dirty {
+				moved[d] = c
+				st.dirty = false
+			}
+		}
+		e.mu.Unlock()
+		e.storeCursors(moved)
+	}
+}
+
+// storeCursors puts cursors into the bucket, all at once.
+func (e *Edge) storeCursors(cursors map[string]uint64) {
+	if len(cursors) == 0 || e.kv == nil {
+		return
+	}
+	for d, c := range cursors {
+		m := nats.NewMsg("$KV." + e.names.CursorBucket() + "." + DeviceToken(d))
+		m.Data = []byte(strconv.FormatUint(c, 10))
+		if _, err := e.js.PublishMsgAsync(m); err != nil {
+			e.log.Debug("store cursor", "device", d, "error", err)
+		}
+	}
+	select {
+	case <-e.js.PublishAsyncComplete():
+	case <-time.After(5 * time.Second):
+		e.log.Warn("device cursors not stored within 5s", "count", len(cursors))
 	}
 }
 

@@ -31,6 +31,7 @@ const (
 	hdrStatus      = "Mqttinfer-Status"       // result: its status, 0 for a stream delta
 	hdrProps       = "Mqttinfer-Props"        // result: "1" when it carries MQTT 5 properties
 	hdrEdge        = "Mqttinfer-Edge"         // request: the node of the edge that took it
+	hdrDevice      = "Mqttinfer-Device"       // result: the device it answers
 )
 
 // requestKey is the intake message id of an accepted request: a request
@@ -125,6 +126,7 @@ func resultMsg(subject string, r *pipeline.Request, key string, n int, p pipelin
 	h.Set(nats.MsgIdHdr, key+"#"+strconv.Itoa(n))
 	h.Set(hdrKey, key)
 	h.Set(hdrID, r.ID())
+	h.Set(hdrDevice, r.Topic.Device)
 	h.Set(hdrTopic, p.Topic)
 	h.Set(hdrQoS, strconv.Itoa(int(qos)))
 	h.Set(hdrStatus, strconv.Itoa(p.Status))
@@ -148,6 +150,7 @@ func resultMsg(subject string, r *pipeline.Request, key string, n int, p pipelin
 type result struct {
 	reply    pipeline.Reply
 	qos      byte
+	device   string
 	key, id  string
 	received time.Time
 	rate     *api.RateLimit
@@ -165,6 +168,7 @@ func parseResult(m jsMsg) (result, error) {
 	res := result{
 		reply:    pipeline.Reply{Topic: topic, Payload: m.Data(), Status: status},
 		qos:      byte(min(max(qos, 0), 2)),
+		device:   h.Get(hdrDevice),
 		key:      h.Get(hdrKey),
 		id:       h.Get(hdrID),
 		received: time.Unix(0, ns),

@@ -68,11 +68,11 @@ type Worker struct {
 	beat  time.Duration
 	log   *slog.Logger
 	mu    sync.Mutex
-	peers map[string]peer      // other workers, by node
-	parts map[int]*partition   // the partitions this worker holds
-	stop  chan struct{}        // closed when the worker leaves
-	twin  error                // set when another live worker has this node id
-	wg    sync.WaitGroup       // the partitions' goroutines
+	peers map[string]peer    // other workers, by node
+	parts map[int]*partition // the partitions this worker holds
+	stop  chan struct{}      // closed when the worker leaves
+	twin  error              // set when another live worker has this node id
+	wg    sync.WaitGroup     // the partitions' goroutines
 	ready bool
 }
 
@@ -355,9 +355,9 @@ type partition struct {
 	cons jetstream.Consumer
 
 	mu       sync.Mutex
-	going    bool          // letting go: pulls no more, finishes what it took
-	pinned   bool          // has had a request under its pin
-	unpinned bool          // unpinned a gone owner's pin already
+	going    bool // letting go: pulls no more, finishes what it took
+	pinned   bool // has had a request under its pin
+	unpinned bool // unpinned a gone owner's pin already
 	it       jetstream.MessagesContext
 	inflight map[uint64]jetstream.Msg // by stream sequence: taken, not acked
 	idle     chan struct{}            // signalled when inflight empties

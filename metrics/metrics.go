@@ -25,6 +25,7 @@ type Metrics struct {
 	connected  prometheus.Gauge
 	dropped    prometheus.Counter
 	dedup      prometheus.Counter
+	replayed   prometheus.Counter
 	workerUp   *prometheus.GaugeVec
 	remote     *prometheus.CounterVec
 	partitions prometheus.Gauge
@@ -109,7 +110,11 @@ func New(reg prometheus.Registerer) *Metrics {
 		}),
 		dedup: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "mqttinfer_duplicates_total",
-			Help: "Redelivered requests answered from the duplicate cache instead of running the model again.",
+			Help: "Copies of requests already taken (redelivered, or sent again) that were not run again.",
+		}),
+		replayed: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "mqttinfer_results_replayed_total",
+			Help: "Results a cluster edge sent a device that had missed them (its edge died, or it reconnected).",
 		}),
 		workerUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "mqttinfer_worker_up",
@@ -133,7 +138,7 @@ func New(reg prometheus.Registerer) *Metrics {
 		Help: "Copies of requests a remote worker dropped unanswered: no room, or no worker answered them before their deadline.",
 	})
 	reg.MustRegister(m.requests, m.latency, m.queueWait, m.rejected, m.throttled,
-		m.queueDepth, m.busy, m.connected, m.dropped, m.dedup, m.workerUp, m.remote, m.partitions, m.held, m.heldLost)
+		m.queueDepth, m.busy, m.connected, m.dropped, m.dedup, m.replayed, m.workerUp, m.remote, m.partitions, m.held, m.heldLost)
 	return m
 }
 
@@ -215,6 +220,14 @@ func (m *Metrics) Duplicate() {
 		return
 	}
 	m.dedup.Inc()
+}
+
+// Replayed counts results sent again to a device that had missed them.
+func (m *Metrics) Replayed(n int) {
+	if m == nil {
+		return
+	}
+	m.replayed.Add(float64(n))
 }
 
 // WorkerUp sets whether the named worker transport is up.

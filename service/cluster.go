@@ -30,18 +30,20 @@ func (s *Service) joinCluster(opts *broker.Options) error {
 	}
 	s.nc = nc
 	s.edge, err = cluster.NewEdge(cluster.EdgeOptions{
-		Options: clusterOptions(s.cfg),
-		Conn:    nc,
-		Node:    s.cfg.Node,
-		Hold:    s.cfg.Worker.MaxDeadline + time.Minute,
-		Metrics: s.metrics,
-		Log:     s.log.With("component", "edge"),
+		Options:  clusterOptions(s.cfg),
+		Conn:     nc,
+		Node:     s.cfg.Node,
+		Hold:     s.cfg.Worker.MaxDeadline + time.Minute,
+		Throttle: s.limiter,
+		Metrics:  s.metrics,
+		Log:      s.log.With("component", "edge"),
 	})
 	if err != nil {
 		nc.Close()
 		return err
 	}
 	opts.Dispatcher = s.edge
+	opts.Sessions = s.edge
 	s.pool.Transport = "http"
 	return nil
 }

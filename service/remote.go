@@ -13,10 +13,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/nats-io/nats.go"
+
+	"github.com/mqttinfer/mqttinfer/cluster"
 	"github.com/mqttinfer/mqttinfer/config"
 	"github.com/mqttinfer/mqttinfer/gateway"
 	"github.com/mqttinfer/mqttinfer/metrics"
 	"github.com/mqttinfer/mqttinfer/mqttclient"
+	"github.com/mqttinfer/mqttinfer/pipeline"
 	"github.com/mqttinfer/mqttinfer/throttle"
 	"github.com/mqttinfer/mqttinfer/worker"
 )
@@ -30,7 +34,9 @@ type Worker struct {
 	reg     *prometheus.Registry
 	models  *Models
 	limiter *throttle.Limiter
-	remote  *worker.Remote
+	remote  *worker.Remote  // nil in a cluster
+	cluster *cluster.Worker // nil outside a cluster
+	nc      *nats.Conn
 	httpLn  net.Listener
 	httpSrv *http.Server
 }
@@ -41,14 +47,7 @@ func NewWorker(cfg config.Config, log *slog.Logger) (*Worker, error) {
 	w := &Worker{cfg: cfg, log: log, reg: prometheus.NewRegistry()}
 	w.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	m := metrics.New(w.reg)
-	tlsCfg, err := cfg.Remote.TLSConfig()
-	if err != nil {
-		return nil, err
-	}
-	version, err := mqttclient.ParseVersion(cfg.Remote.MQTTVersion)
-	if err != nil {
-		return nil, err
-	}
+	var err error
 	if w.models, err = NewModels(cfg, log); err != nil {
 		return nil, err
 	}
@@ -66,6 +65,41 @@ func NewWorker(cfg config.Config, log *slog.Logger) (*Worker, error) {
 		Metrics:         m,
 		Log:             log.With("component", "worker"),
 	}
+	if cfg.Cluster.URL != "" {
+		err = w.joinCluster(core, m)
+	} else {
+		err = w.connectRemote(core)
+	}
+	if err != nil {
+		w.models.Close()
+		return nil, err
+	}
+	ready := map[string]gateway.Check{"group": w.Ready}
+	if cfg.Remote.HTTPAddr != "" {
+		if w.httpLn, err = net.Listen("tcp", cfg.Remote.HTTPAddr); err != nil {
+			w.models.Close()
+			w.closeCluster()
+			return nil, fmt.Errorf("http listener on %s: %w", cfg.Remote.HTTPAddr, err)
+		}
+		w.httpSrv = &http.Server{
+			Handler:           gateway.Operations(w.reg, ready, cfg.HTTP.Pprof),
+			ReadHeaderTimeout: 10 * time.Second,
+		}
+	}
+	return w, nil
+}
+
+// connectRemote makes the worker's transport an MQTT broker.
+func (w *Worker) connectRemote(core *worker.Core) error {
+	cfg := w.cfg
+	tlsCfg, err := cfg.Remote.TLSConfig()
+	if err != nil {
+		return err
+	}
+	version, err := mqttclient.ParseVersion(cfg.Remote.MQTTVersion)
+	if err != nil {
+		return err
+	}
 	w.remote, err = worker.NewRemote(core, worker.RemoteOptions{
 		Broker:         cfg.Remote.Broker,
 		MQTTVersion:    version,
@@ -82,23 +116,46 @@ func NewWorker(cfg config.Config, log *slog.Logger) (*Worker, error) {
 		DedupTTL:       cfg.Remote.DedupTTL,
 		Throttle:       w.limiter,
 		MaxRequestSize: cfg.MQTT.MaxRequestSize,
-		Log:            log.With("component", "remote"),
+		Log:            w.log.With("component", "remote"),
 	})
+	return err
+}
+
+// joinCluster makes the worker's transport the cluster at cluster.url.
+func (w *Worker) joinCluster(core *worker.Core, m *metrics.Metrics) error {
+	cfg := w.cfg
+	nc, err := cluster.Connect(cfg.Cluster.URL, "mqttinfer worker "+cfg.Node, w.log.With("component", "nats"))
 	if err != nil {
-		w.models.Close()
-		return nil, err
+		return err
 	}
-	if cfg.Remote.HTTPAddr != "" {
-		if w.httpLn, err = net.Listen("tcp", cfg.Remote.HTTPAddr); err != nil {
-			w.models.Close()
-			return nil, fmt.Errorf("http listener on %s: %w", cfg.Remote.HTTPAddr, err)
-		}
-		w.httpSrv = &http.Server{
-			Handler:           gateway.Operations(w.reg, map[string]gateway.Check{"group": w.remote.Ready}, cfg.HTTP.Pprof),
-			ReadHeaderTimeout: 10 * time.Second,
-		}
+	w.nc = nc
+	opts := clusterOptions(cfg)
+	pool := worker.NewPool(core, cfg.Remote.PoolSize(), max(cfg.Worker.QueueSize, cluster.QueueSize(opts)))
+	w.cluster = cluster.NewWorker(cluster.WorkerOptions{
+		Options: opts,
+		Conn:    nc,
+		Node:    cfg.Node,
+		Pool:    pool,
+		Admission: &pipeline.Admission{MaxSize: cfg.MQTT.MaxRequestSize, Limit: w.models.Registry.MaxRequestSize,
+			HasModel: w.models.Registry.Has, Models: w.models.Registry.Names, Metrics: m},
+		Metrics: m,
+		Log:     w.log.With("component", "cluster"),
+	})
+	return nil
+}
+
+func (w *Worker) closeCluster() {
+	if w.nc != nil {
+		w.nc.Close()
 	}
-	return w, nil
+}
+
+// Ready reports whether the worker takes requests.
+func (w *Worker) Ready(ctx context.Context) error {
+	if w.cluster != nil {
+		return w.cluster.Ready(ctx)
+	}
+	return w.remote.Ready(ctx)
 }
 
 // HTTPAddr is the bound address of the operations listener ("" when off).
@@ -112,8 +169,11 @@ func (w *Worker) HTTPAddr() string {
 // Registry is the worker's Prometheus registry.
 func (w *Worker) Registry() *prometheus.Registry { return w.reg }
 
-// Remote is the worker's transport.
+// Remote is the worker's MQTT transport (nil in a cluster).
 func (w *Worker) Remote() *worker.Remote { return w.remote }
+
+// Cluster is the worker's cluster transport (nil outside a cluster).
+func (w *Worker) Cluster() *cluster.Worker { return w.cluster }
 
 // Run serves until ctx is done, then leaves its group gracefully and
 // returns; the models are closed.
@@ -134,9 +194,17 @@ func (w *Worker) Run(ctx context.Context) error {
 		})
 	}
 	r := w.cfg.Remote
-	w.log.Info("mqttinfer worker starting", "broker", r.Broker, "group", r.Group, "node", w.cfg.Node, "prefix", w.cfg.Prefix,
-		"models", w.models.Registry.Names(), "throttle", r.Throttle, "http", w.HTTPAddr())
-	err := w.remote.Run(ctx)
+	var err error
+	if w.cluster != nil {
+		w.log.Info("mqttinfer worker starting", "cluster", w.cfg.Cluster.URL, "node", w.cfg.Node, "prefix", w.cfg.Prefix,
+			"models", w.models.Registry.Names(), "http", w.HTTPAddr())
+		err = w.cluster.Run(ctx)
+		w.closeCluster()
+	} else {
+		w.log.Info("mqttinfer worker starting", "broker", r.Broker, "group", r.Group, "node", w.cfg.Node, "prefix", w.cfg.Prefix,
+			"models", w.models.Registry.Names(), "throttle", r.Throttle, "http", w.HTTPAddr())
+		err = w.remote.Run(ctx)
+	}
 	if w.httpSrv != nil {
 		hctx, hcancel := context.WithTimeout(context.Background(), 2*time.Second)
 		_ = w.httpSrv.Shutdown(hctx)

@@ -19,7 +19,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 
+	"github.com/nats-io/nats.go"
+
 	"github.com/mqttinfer/mqttinfer/broker"
+	"github.com/mqttinfer/mqttinfer/cluster"
 	"github.com/mqttinfer/mqttinfer/config"
 	"github.com/mqttinfer/mqttinfer/gateway"
 	"github.com/mqttinfer/mqttinfer/inference"
@@ -47,6 +50,8 @@ type Service struct {
 	httpLim  *throttle.Limiter // HTTP clients: their own buckets, the same limits
 	certs    *certs            // the TLS certificates, nil without TLS
 	journal  *journaling       // the broker's dispatcher with storage on, nil without
+	edge     *cluster.Edge     // the broker's dispatcher in a cluster, nil outside one
+	nc       *nats.Conn        // the cluster's connection, nil outside one
 	metrics  *metrics.Metrics
 	broker   *broker.Broker
 	pool     *worker.Pool // MQTT requests when worker.in_process is on; HTTP requests always
@@ -134,7 +139,7 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 	}
 	if cfg.Storage.Dir != "" {
 		opts.StorageDir = brokerDir(cfg.Storage.Dir)
-		if cfg.Worker.InProcess {
+		if cfg.Worker.InProcess && cfg.Cluster.URL == "" { // a cluster keeps its requests in JetStream
 			j, err := journal.Open(journalDir(cfg.Storage.Dir))
 			if err != nil {
 				return nil, err
@@ -143,14 +148,22 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 			opts.Dispatcher = s.journal
 		}
 	}
+	if cfg.Cluster.URL != "" {
+		if err := s.joinCluster(&opts); err != nil {
+			s.closeJournal()
+			return nil, err
+		}
+	}
 	if s.broker, err = broker.New(opts); err != nil {
 		s.closeJournal()
+		s.closeCluster()
 		return nil, err
 	}
 	if cfg.HTTP.Addr != "" {
 		if s.httpLn, err = net.Listen("tcp", cfg.HTTP.Addr); err != nil {
 			s.broker.Close()
 			s.closeJournal()
+			s.closeCluster()
 			return nil, fmt.Errorf("http listener on %s: %w", cfg.HTTP.Addr, err)
 		}
 		switch {
@@ -163,13 +176,14 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 			if s.httpLim, err = NewThrottle(cfg, s.models.Registry); err != nil {
 				s.broker.Close()
 				s.closeJournal()
+				s.closeCluster()
 				return nil, err
 			}
 		}
 		s.httpSrv = &http.Server{
 			Handler: gateway.New(gateway.Options{
 				Gatherer:    s.reg,
-				Ready:       map[string]gateway.Check{"broker": s.broker.Ready, "workers": s.workersReady},
+				Ready:       s.readyChecks(),
 				Pool:        s.pool,
 				Models:      s.models.Registry,
 				Auth:        auth,
@@ -191,6 +205,17 @@ func (s *Service) Start() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.cancel = cancel
 	s.pool.Start(s.broker)
+	if s.edge != nil {
+		// The streams first: the broker takes requests only once they
+		// have somewhere to go.
+		sctx, scancel := context.WithTimeout(ctx, time.Minute)
+		err := s.edge.Setup(sctx)
+		scancel()
+		if err != nil {
+			return fmt.Errorf("cluster: %w", err)
+		}
+		s.goRun(func() { _ = s.edge.Run(ctx, s.broker) })
+	}
 	if err := s.broker.Serve(); err != nil {
 		return fmt.Errorf("start broker: %w", err)
 	}
@@ -239,7 +264,7 @@ func (s *Service) Start() error {
 	}
 	s.log.Info("mqttinfer serving", "node", s.cfg.Node, "mqtt", s.broker.Addr(), "ws", s.cfg.MQTT.WSAddr,
 		"http", s.HTTPAddr(), "prefix", s.cfg.Prefix, "models", s.models.Registry.Names(),
-		"in_process_workers", s.cfg.Worker.InProcess, "throttle", s.cfg.Throttle.Enabled, "auth", s.cfg.Auth.Enabled)
+		"in_process_workers", s.cfg.Worker.InProcess && s.edge == nil, "cluster", s.cfg.Cluster.URL, "throttle", s.cfg.Throttle.Enabled, "auth", s.cfg.Auth.Enabled)
 	return nil
 }
 
@@ -268,6 +293,7 @@ func (s *Service) Shutdown(ctx context.Context) error {
 		s.wg.Wait()
 		s.models.Close()
 		s.closeJournal()
+		s.closeCluster()
 	})
 	return err
 }
@@ -341,6 +367,9 @@ func (s *Service) publishStatus(state string) {
 	}
 	if !s.cfg.Worker.InProcess {
 		st.Transport = "broker_only"
+	}
+	if s.edge != nil {
+		st.Transport = "cluster_edge"
 	}
 	st.QueueDepth = s.pool.QueueDepth()
 	if state == "offline" {

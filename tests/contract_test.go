@@ -68,6 +68,30 @@ var shapes = []shape{
 		startWorkers(t, wcfg, workersPerShape)
 		return deployment{addr: m.Addr}
 	}},
+	{"cluster", func(t *testing.T, cfg config.Config) deployment {
+		edges := startCluster(t, cfg, 2, workersPerShape)
+		return deployment{addr: edges[0].MQTTAddr(), checksSender: true}
+	}},
+}
+
+// startCluster starts a cluster in this process: three NATS servers with
+// JetStream, edges (the `serve --cluster` assembly) and workers (`worker
+// --cluster`), and waits until the edges are ready.
+func startCluster(t *testing.T, cfg config.Config, edges, workers int) []*service.Service {
+	t.Helper()
+	nats := testenv.StartNATS(t, 3)
+	cfg.Cluster.URL = nats.URL()
+	var svcs []*service.Service
+	for i := range edges {
+		ecfg := cfg
+		ecfg.Node = fmt.Sprintf("edge%d", i+1)
+		svcs = append(svcs, startService(t, ecfg))
+	}
+	startWorkers(t, cfg, workers)
+	for _, svc := range svcs {
+		waitFor(t, func() bool { return httpStatus(t, "http://"+svc.HTTPAddr()+"/readyz") == 200 })
+	}
+	return svcs
 }
 
 // startWorkers runs n remote workers (the `mqttinfer worker` assembly) in

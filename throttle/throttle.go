@@ -372,6 +372,41 @@ func (l *Limiter) AllowN(device, model string, n int) Decision {
 	return dec
 }
 
+// Restore sets device's bucket to what another node knew of it: tokens
+// in it at time at (read from the ratelimit of the device's last reply),
+// for a device that moved to this node from another (a cluster edge it
+// reconnected to). A device this limiter has seen since at keeps its own
+// bucket. Its in-flight count stays this limiter's.
+func (l *Limiter) Restore(device string, tokens float64, at time.Time) {
+	k, s := l.lookup(device)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := s.devices[k]
+	if d != nil && d.seen >= at.UnixNano() {
+		return
+	}
+	pi := l.match(device)
+	if d != nil {
+		pi = d.profile
+	}
+	p := &l.profiles[pi]
+	if !p.tracked || !p.limits.rateLimited() {
+		return
+	}
+	if d == nil {
+		d = newDeviceState(pi, p.limits)
+		s.devices[k] = d
+		s.peak = max(s.peak, len(s.devices))
+	}
+	// A bucket that held tokens at time at was empty tokens/rate before:
+	// empty a full one then, and it refills from there as it would have.
+	empty := at.Add(-time.Duration(max(tokens, 0) / p.limits.Rate * float64(time.Second)))
+	d.bucket.SetLimitAt(time.Time{}, rate.Limit(p.limits.Rate))
+	d.bucket.SetBurstAt(time.Time{}, p.limits.Burst)
+	d.bucket.AllowN(empty, p.limits.Burst)
+	d.seen = at.UnixNano()
+}
+
 // Peek returns the Decision that Allow(device, model) would return now,
 // without taking tokens or a slot and without starting to track device.
 func (l *Limiter) Peek(device, model string) Decision {

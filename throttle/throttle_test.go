@@ -668,3 +668,37 @@ func TestSettle(t *testing.T) {
 		t.Errorf("after settling nothing used: remaining %d after a request, want 2 (full bucket of 10)", d.Remaining)
 	}
 }
+
+func TestRestore(t *testing.T) {
+	c := newClock()
+	l := mustNew(t, c.config(Config{Default: std}))
+	// Another node left d with 2.5 tokens 100 ms ago: 3 now.
+	l.Restore("d", 2.5, c.Now().Add(-100*time.Millisecond))
+	if d := l.Peek("d", "anomaly"); d.Remaining != 2 || d.Reset != 1600*time.Millisecond {
+		t.Fatalf("restored: Peek = %+v, want 3 tokens (2 left after one, full in 1.6 s)", d)
+	}
+	for range 3 {
+		if d := l.Allow("d", "anomaly"); !d.Allowed {
+			t.Fatalf("restored tokens refused: %+v", d)
+		}
+	}
+	if d := l.Allow("d", "anomaly"); d.Allowed {
+		t.Fatalf("a 4th request passed: %+v", d)
+	}
+	// What this limiter saw since is newer than a stale restore.
+	l.Restore("d", 10, c.Now().Add(-time.Second))
+	if d := l.Peek("d", "anomaly"); d.Allowed {
+		t.Fatalf("a stale restore refilled the bucket: %+v", d)
+	}
+	// A restore from long ago is a full bucket, never more.
+	l.Restore("e", 0, c.Now().Add(-time.Hour))
+	if d := l.Peek("e", "anomaly"); d.Remaining != 9 {
+		t.Fatalf("old restore: Peek = %+v, want a full bucket", d)
+	}
+	// Unlimited devices are not tracked.
+	u := mustNew(t, c.config(Config{Default: Limits{}}))
+	u.Restore("d", 1, c.Now())
+	if u.Len() != 0 {
+		t.Fatal("an unlimited device is tracked after a restore")
+	}
+}

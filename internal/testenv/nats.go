@@ -29,6 +29,21 @@ func (c *NATSCluster) URL() string {
 // (n = 1: a single server) and stops them when the test ends.
 func StartNATS(t testing.TB, n int) *NATSCluster {
 	t.Helper()
+	// The route ports are picked before the servers bind them, and another
+	// test may take one in between: then start over on others.
+	var err error
+	for range 5 {
+		var c *NATSCluster
+		if c, err = startNATS(t, n); err == nil {
+			t.Cleanup(c.stop)
+			return c
+		}
+	}
+	t.Fatal(err)
+	return nil
+}
+
+func startNATS(t testing.TB, n int) (*NATSCluster, error) {
 	c := &NATSCluster{}
 	var routes []string
 	for range n {
@@ -49,12 +64,11 @@ func StartNATS(t testing.TB, n int) *NATSCluster {
 		s, err := natsd.StartServer(o)
 		if err != nil {
 			c.stop()
-			t.Fatal(err)
+			return nil, err
 		}
 		c.Servers = append(c.Servers, s)
 	}
-	t.Cleanup(c.stop)
-	return c
+	return c, nil
 }
 
 func (c *NATSCluster) stop() {

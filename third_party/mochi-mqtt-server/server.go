@@ -1021,6 +1021,13 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 	}
 }
 
+// PublishToClient delivers pk to one client through its subscription sub,
+// as a publish to the subscribers does (QoS, inflight, topic alias): for a
+// message meant for that client alone (mqttinfer patch).
+func (s *Server) PublishToClient(cl *Client, sub packets.Subscription, pk packets.Packet) (packets.Packet, error) {
+	return s.publishToClient(cl, sub, pk)
+}
+
 func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packets.Packet) (packets.Packet, error) {
 	if sub.NoLocal && pk.Origin == cl.ID {
 		return pk, nil // [MQTT-3.8.3-3]
