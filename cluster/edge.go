@@ -23,7 +23,7 @@ import (
 // request stream (while a NATS server is replaced and a stream elects a
 // new leader) before it answers 503; the device waits that long for its
 // PUBACK at most.
-const publishTimeout = 10 * time.Second
+const publishTimeout = 20 * time.Second
 
 // Broker is what an edge needs of the embedded broker (*broker.Broker):
 // publishing replies to its subscribers, or to one device's clients alone.

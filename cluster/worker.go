@@ -282,6 +282,13 @@ func (w *Worker) evaluate(ctx context.Context, now time.Time) {
 			pt.orphaned()
 		}
 	}
+	serving := 0
+	for _, pt := range w.parts {
+		if !pt.letGo() {
+			serving++
+		}
+	}
+	w.o.Metrics.Group(serving, 0)
 }
 
 // owner is the rendezvous owner of partition k among nodes.
@@ -355,9 +362,10 @@ type partition struct {
 	cons jetstream.Consumer
 
 	mu       sync.Mutex
-	going    bool // letting go: pulls no more, finishes what it took
-	pinned   bool // has had a request under its pin
-	unpinned bool // unpinned a gone owner's pin already
+	going    bool   // letting go: pulls no more, finishes what it took
+	pinned   bool   // has had a request under its pin
+	pin      string // the pin its requests come under
+	unpinned bool   // unpinned a gone owner's pin already
 	it       jetstream.MessagesContext
 	inflight map[uint64]jetstream.Msg // by stream sequence: taken, not acked
 	idle     chan struct{}            // signalled when inflight empties
@@ -534,22 +542,31 @@ func (pt *partition) pull(ctx context.Context, it jetstream.MessagesContext) {
 			}
 			return
 		}
+		pin := msg.Headers().Get("Nats-Pin-Id")
 		pt.mu.Lock()
-		first := !pt.pinned
-		pt.pinned = true
+		changed := pin != pt.pin
 		pt.mu.Unlock()
-		if first {
-			// This worker has just become the partition's owner: whatever
-			// its previous owner took and did not acknowledge is run again
-			// now, first and in order, rather than when its ack wait ends.
+		if changed {
+			// A new pin: this worker has just become the partition's owner,
+			// or the consumer's leader moved (a NATS server went away) and
+			// pinned it again. Whatever the previous owner took and did not
+			// acknowledge, and whatever a lost server delivered and never
+			// got here, is run again now, first and in order, rather than
+			// when its ack wait ends: the requests this worker took finish,
+			// then the consumer starts over from its ack floor.
 			it.Stop()
+			pt.drain()
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			_, err := w.reqs.ResetConsumer(rctx, w.names.Consumer(pt.k))
 			cancel()
 			if err != nil {
 				w.log.Warn("reset partition to its ack floor", "partition", pt.k, "error", err)
+				return
 			}
-			w.log.Debug("partition pinned", "partition", pt.k)
+			pt.mu.Lock()
+			pt.pin, pt.pinned = pin, true
+			pt.mu.Unlock()
+			w.log.Debug("partition pinned", "partition", pt.k, "pin", pin)
 			return
 		}
 		pt.serve(msg)
@@ -602,18 +619,23 @@ func natsMsg(m jetstream.Msg) *nats.Msg {
 	return &nats.Msg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()}
 }
 
-// finish waits for the requests taken to be acknowledged, then unpins the
-// partition, so that its next owner takes over without waiting.
-func (pt *partition) finish() {
+// drain waits until the requests taken are acknowledged (or given up).
+func (pt *partition) drain() {
 	for {
 		pt.mu.Lock()
 		n := len(pt.inflight)
 		pt.mu.Unlock()
 		if n == 0 {
-			break
+			return
 		}
 		<-pt.idle
 	}
+}
+
+// finish waits for the requests taken to be acknowledged, then unpins the
+// partition, so that its next owner takes over without waiting.
+func (pt *partition) finish() {
+	pt.drain()
 	pt.mu.Lock()
 	pinned := pt.pinned
 	pt.mu.Unlock()

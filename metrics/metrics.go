@@ -127,7 +127,7 @@ func New(reg prometheus.Registerer) *Metrics {
 	}, []string{"version", "model", "status"})
 	m.partitions = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "mqttinfer_worker_partitions",
-		Help: "Device partitions this remote worker serves now (of 256 in its group).",
+		Help: "Device partitions this remote worker serves now (of 256 in its group; in a cluster, of cluster.partitions).",
 	})
 	m.held = prometheus.NewGauge(prometheus.GaugeOpts{
 		Name: "mqttinfer_worker_held_requests",
