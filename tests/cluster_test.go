@@ -157,7 +157,6 @@ func TestClusterThrottleMovesWithDevice(t *testing.T) {
 	}
 }
 
-
 // leave disconnects a device from an edge and waits until the edge has
 // seen it go (and stored its cursor).
 func leave(t *testing.T, edge *service.Service, d *cdev) {
