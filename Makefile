@@ -7,7 +7,7 @@ STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
 # Real-data tests fail (not skip) when their Debian packages are missing.
 export MQTTINFER_REQUIRE_TESTDATA ?= 1
 
-.PHONY: all build run test test-short bench fuzz lint fmt testdeps models clean
+.PHONY: all build run cluster test test-short bench fuzz lint fmt testdeps models clean
 
 all: build
 
@@ -21,6 +21,10 @@ models:
 ## run: start the service on the embedded default (MQTT 127.0.0.1:1883, WS :1882, HTTP :8080)
 run: build models
 	./$(BIN) serve $(ARGS)
+
+## cluster: a cluster on this machine (3 NATS servers, 2 edges, 3 workers; ports from CLUSTER_PORT_BASE, default 4222); Ctrl-C stops it
+cluster: build models
+	./scripts/cluster.sh $(BIN)
 
 testdeps:
 	@./scripts/testdeps.sh

@@ -17,6 +17,7 @@ import (
 	"github.com/mqttinfer/mqttinfer/metrics"
 	"github.com/mqttinfer/mqttinfer/pipeline"
 	"github.com/mqttinfer/mqttinfer/throttle"
+	"github.com/mqttinfer/mqttinfer/topics"
 )
 
 // publishTimeout bounds how long an edge tries to put a request into the
@@ -351,8 +352,11 @@ func (e *Edge) deliver(b Broker, seq uint64, msg jsMsg, replay bool) {
 		st.dirty = true
 	}
 	e.mu.Unlock()
-	if res.reply.Final() && !replay {
-		e.answered(res.key)
+	if res.reply.Final() && !replay && e.answered(res.key) {
+		// Counted by the edge that took the request, once in the cluster.
+		if t, err := topics.Parse(e.o.Prefix, res.request); err == nil {
+			e.o.Metrics.RemoteRequest(t.Version, t.Model, res.reply.Status)
+		}
 	}
 }
 
@@ -565,8 +569,9 @@ func (e *Edge) storeCursors(cursors map[string]uint64) {
 	}
 }
 
-// answered gives back the in-flight slot of a request accepted here.
-func (e *Edge) answered(key string) {
+// answered gives back the in-flight slot of a request accepted here; it
+// reports whether there was one.
+func (e *Edge) answered(key string) bool {
 	e.mu.Lock()
 	h, ok := e.pending[key]
 	delete(e.pending, key)
@@ -574,6 +579,7 @@ func (e *Edge) answered(key string) {
 	if ok {
 		h.r.Done()
 	}
+	return ok
 }
 
 // sweep gives back the in-flight slots of requests whose result never

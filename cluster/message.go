@@ -32,6 +32,7 @@ const (
 	hdrProps       = "Mqttinfer-Props"        // result: "1" when it carries MQTT 5 properties
 	hdrEdge        = "Mqttinfer-Edge"         // request: the node of the edge that took it
 	hdrDevice      = "Mqttinfer-Device"       // result: the device it answers
+	hdrRequest     = "Mqttinfer-Request"      // result: the topic of the request it answers
 )
 
 // requestKey is the intake message id of an accepted request: a request
@@ -127,6 +128,7 @@ func resultMsg(subject string, r *pipeline.Request, key string, n int, p pipelin
 	h.Set(hdrKey, key)
 	h.Set(hdrID, r.ID())
 	h.Set(hdrDevice, r.Topic.Device)
+	h.Set(hdrRequest, r.Topic.String())
 	h.Set(hdrTopic, p.Topic)
 	h.Set(hdrQoS, strconv.Itoa(int(qos)))
 	h.Set(hdrStatus, strconv.Itoa(p.Status))
@@ -151,6 +153,7 @@ type result struct {
 	reply    pipeline.Reply
 	qos      byte
 	device   string
+	request  string // the request's topic
 	key, id  string
 	received time.Time
 	rate     *api.RateLimit
@@ -169,6 +172,7 @@ func parseResult(m jsMsg) (result, error) {
 		reply:    pipeline.Reply{Topic: topic, Payload: m.Data(), Status: status},
 		qos:      byte(min(max(qos, 0), 2)),
 		device:   h.Get(hdrDevice),
+		request:  h.Get(hdrRequest),
 		key:      h.Get(hdrKey),
 		id:       h.Get(hdrID),
 		received: time.Unix(0, ns),

@@ -45,6 +45,7 @@ type Config struct {
 	Throttle Throttle `mapstructure:"throttle" yaml:"throttle"`
 	Worker   Worker   `mapstructure:"worker" yaml:"worker"`
 	Remote   Remote   `mapstructure:"remote" yaml:"remote"`
+	Cluster  Cluster  `mapstructure:"cluster" yaml:"cluster"`
 	Models   Models   `mapstructure:"models" yaml:"models"`
 }
 
@@ -173,7 +174,10 @@ func (w Worker) PoolSize() int { return poolSize(w.Concurrency) }
 // client commands sim, watch, models and chat.
 type Remote struct {
 	// Broker is the broker URL, e.g. "tcp://127.0.0.1:1883" or
-	// "unix:///run/mqtt.sock". Load turns "host:port" into "tcp://host:port".
+	// "unix:///run/mqtt.sock", or several, comma-separated (the nodes of a
+	// clustered broker, the edges of an mqttinfer cluster): the worker and
+	// the clients connect to the first that answers and move to the next
+	// when they lose it. Load turns "host:port" into "tcp://host:port".
 	Broker string `mapstructure:"broker" yaml:"broker"`
 	// Group names the workers that share the devices between them.
 	Group string `mapstructure:"group" yaml:"group"`
@@ -215,6 +219,24 @@ type Remote struct {
 // PoolSize is the effective number of concurrent inferences: Concurrency, or
 // 2 × GOMAXPROCS when it is 0.
 func (r Remote) PoolSize() int { return poolSize(r.Concurrency) }
+
+// Cluster puts `mqttinfer serve` (an edge) and `mqttinfer worker` on a
+// NATS JetStream backbone (see package cluster).
+type Cluster struct {
+	// URL lists the NATS servers, comma-separated (nats://host:4222,...);
+	// "" runs outside a cluster.
+	URL string `mapstructure:"url" yaml:"url"`
+	// Partitions is how many partitions the devices are spread over; every
+	// node of a service must use the same.
+	Partitions int `mapstructure:"partitions" yaml:"partitions"`
+	// Replicas is how many NATS servers keep each stream; 0 picks 3 on a
+	// NATS cluster and 1 on a single server.
+	Replicas int `mapstructure:"replicas" yaml:"replicas"`
+	// ResultTTL is how long results are kept for devices that reconnect.
+	ResultTTL time.Duration `mapstructure:"result_ttl" yaml:"result_ttl"`
+	// DedupWindow is how long a request's id is remembered against copies.
+	DedupWindow time.Duration `mapstructure:"dedup_window" yaml:"dedup_window"`
+}
 
 // Models configures the models.
 type Models struct {
@@ -355,6 +377,11 @@ func defaults() Config {
 			MQTTVersion: "5",
 			DedupTTL:    2 * time.Minute,
 		},
+		Cluster: Cluster{
+			Partitions:  32,
+			ResultTTL:   10 * time.Minute,
+			DedupWindow: 2 * time.Minute,
+		},
 		Models: Models{
 			Dir:     ".cache/models",
 			Threads: 1,
@@ -374,9 +401,7 @@ func (c *Config) resolve() {
 	if c.Remote.ClientID == "" {
 		c.Remote.ClientID = workerClientID(c.Prefix, instance())
 	}
-	if c.Remote.Broker != "" && !strings.Contains(c.Remote.Broker, "://") {
-		c.Remote.Broker = "tcp://" + c.Remote.Broker
-	}
+	c.Remote.Broker = normalizeBrokers(c.Remote.Broker)
 	if len(c.Models.Costs) == 0 {
 		c.Models.Costs = nil
 	}
@@ -389,6 +414,21 @@ func (c *Config) resolve() {
 		}
 	}
 }
+
+// normalizeBrokers turns each "host:port" of a comma-separated list of
+// broker URLs into "tcp://host:port".
+func normalizeBrokers(list string) string {
+	urls := splitURLs(list)
+	for i, u := range urls {
+		if !strings.Contains(u, "://") {
+			urls[i] = "tcp://" + u
+		}
+	}
+	return strings.Join(urls, ",")
+}
+
+// Brokers lists the broker URLs of Broker, in order.
+func (r Remote) Brokers() []string { return splitURLs(r.Broker) }
 
 // Logger returns a slog.Logger writing to w with the configured level and
 // format. Values Validate would reject fall back to info and text.

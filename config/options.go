@@ -173,8 +173,8 @@ var options = []option{
 	{key: "worker.max_deadline", unit: "duration",
 		doc: "Cap on a request's `deadline_ms`. At least `worker.default_deadline`."},
 
-	{key: "remote.broker", flag: "broker", on: worker | clients, usage: "broker URL: tcp://, ssl://, ws://, wss://, unix:///path ... (host:port = tcp://host:port)", unit: "URL",
-		doc: "Broker that `mqttinfer worker` and the client commands connect to: `tcp://`, `mqtt://`, `ssl://`, `tls://`, `mqtts://`, `ws://`, `wss://` or `unix:///path/to/socket`. `host:port` is short for `tcp://host:port`."},
+	{key: "remote.broker", flag: "broker", on: worker | clients, usage: "broker URL: tcp://, ssl://, ws://, wss://, unix:///path ... (host:port = tcp://host:port); several, comma-separated, to fail over", unit: "URLs",
+		doc: "Broker that `mqttinfer worker` and the client commands connect to: `tcp://`, `mqtt://`, `ssl://`, `tls://`, `mqtts://`, `ws://`, `wss://` or `unix:///path/to/socket`. `host:port` is short for `tcp://host:port`. Several, comma-separated (the edges of an mqttinfer cluster, the nodes of a clustered broker): they connect to the first that answers and, when they lose it, to the next (`sim`'s devices go on where they were, `watch` goes on watching)."},
 	{key: "remote.group", flag: "group", on: worker, usage: "group of workers that share the devices",
 		doc: "Group of `mqttinfer worker`s that share the devices: each device is served by one live worker of the group at a time (its throttle bucket, in-flight count, model state and request order stay exact), and its requests move to another within moments when that worker leaves or dies. The workers of a group find each other through their retained status. A valid id."},
 	{key: "remote.mqtt_version", flag: "mqtt-version", on: worker, usage: "MQTT version of the worker's connection: 5 or 3.1.1",
@@ -201,6 +201,17 @@ var options = []option{
 		doc: "A request id seen again within this time (a QoS 1 redelivery) is answered from cache instead of being run again."},
 	{key: "remote.http_addr", flag: "http-addr", on: worker, usage: "HTTP listen address for /metrics, /healthz and /readyz, host:port (\"\" disables)", def: "empty (off)",
 		doc: "The worker's HTTP listener for `/metrics`, `/healthz` and `/readyz`, `host:port`. Empty disables it."},
+
+	{key: "cluster.url", flag: "cluster", on: serve | worker, usage: "NATS servers of the cluster, comma-separated (nats://host:4222,...; \"\" = no cluster)", unit: "URLs", def: "empty (no cluster)",
+		doc: "NATS servers (with JetStream) of the cluster this node belongs to, comma-separated: `nats://10.0.0.1:4222,nats://10.0.0.2:4222`; credentials go in the URL (`nats://user:pass@host:4222`) and `tls://` connects with TLS. `mqttinfer serve` becomes an edge: its broker stays the device door (identity, validation, throttle, MQTT 5) and puts each accepted request into the replicated request stream before it PUBACKs it; results come back through the result stream to every edge. `mqttinfer worker` takes its share of the partitions from the request stream instead of an MQTT broker. Empty: no cluster. See the README's Cluster section."},
+	{key: "cluster.partitions", unit: "partitions",
+		doc: "Partitions the devices are spread over (a hash of the device id): one worker owns a partition at a time, so this is also the most workers that share the load. Every edge and worker of a service must use the same; the streams remember it and a node with another refuses to start."},
+	{key: "cluster.replicas", unit: "servers", def: "`0` (3 on a NATS cluster, 1 on one server)",
+		doc: "NATS servers that keep a copy of each stream (1, 3 or 5). With 3, a request the edge has PUBACKed survives the loss of any one server."},
+	{key: "cluster.result_ttl", unit: "duration",
+		doc: "How long results are kept in the result stream: a device that reconnects (to any edge) within it gets the results it missed."},
+	{key: "cluster.dedup_window", unit: "duration",
+		doc: "A request with the same device, model and id as one taken within this time is a copy (a QoS 1 publish repeated after an edge died) and is not run again; also the window in which a result stored twice is kept once."},
 
 	{key: "models.costs", def: "none",
 		doc: "Tokens per request by model name (`{anomaly: 1, chat: 20}`), replacing the model's own cost."},

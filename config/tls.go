@@ -87,8 +87,10 @@ func (r Remote) checkTLS() []error {
 	if err != nil {
 		errs = append(errs, err)
 	}
-	if u, perr := url.Parse(r.Broker); perr == nil && r.tlsSet() && !slices.Contains(tlsSchemes, u.Scheme) {
-		errs = append(errs, fmt.Errorf("remote.broker = %q: the remote.tls_* options are set but %s:// does not use TLS: use ssl://, mqtts:// or wss://, or drop them", r.Broker, u.Scheme))
+	for _, b := range r.Brokers() {
+		if u, perr := url.Parse(b); perr == nil && r.tlsSet() && !slices.Contains(tlsSchemes, u.Scheme) {
+			errs = append(errs, fmt.Errorf("remote.broker = %q: the remote.tls_* options are set but %s:// does not use TLS: use ssl://, mqtts:// or wss://, or drop them", b, u.Scheme))
+		}
 	}
 	return errs
 }

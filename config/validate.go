@@ -169,8 +169,13 @@ func (c Config) Validate(knownModels []string) error {
 
 	// Remote workers.
 	r := c.Remote
-	if err := checkBrokerURL(r.Broker); err != nil {
-		bad("remote.broker", r.Broker, "%v", err)
+	if len(r.Brokers()) == 0 {
+		bad("remote.broker", r.Broker, "%v", checkBrokerURL(""))
+	}
+	for _, u := range r.Brokers() {
+		if err := checkBrokerURL(u); err != nil {
+			bad("remote.broker", r.Broker, "%v", err)
+		}
 	}
 	if err := topics.ValidID(r.Group); err != nil {
 		bad("remote.group", r.Group, "%v", err)
@@ -198,6 +203,22 @@ func (c Config) Validate(knownModels []string) error {
 		}
 	}
 	errs = append(errs, r.checkTLS()...)
+
+	// Cluster.
+	cl := c.Cluster
+	for _, u := range splitURLs(cl.URL) {
+		if err := checkNATSURL(u); err != nil {
+			bad("cluster.url", cl.URL, "%v", err)
+		}
+	}
+	if cl.Partitions < 1 || cl.Partitions > 1024 {
+		bad("cluster.partitions", cl.Partitions, "must be 1 to 1024")
+	}
+	if cl.Replicas != 0 && cl.Replicas != 1 && cl.Replicas != 3 && cl.Replicas != 5 {
+		bad("cluster.replicas", cl.Replicas, "must be 0 (automatic), 1, 3 or 5")
+	}
+	positive(bad, "cluster.result_ttl", cl.ResultTTL)
+	positive(bad, "cluster.dedup_window", cl.DedupWindow)
 
 	// Models.
 	if c.Models.Anomaly.MaxSeries < 1 {
@@ -393,4 +414,34 @@ func (c Config) checkCostsFit() []error {
 		}
 	}
 	return errs
+}
+
+// splitURLs splits a comma-separated list of URLs, dropping blanks.
+func splitURLs(s string) []string {
+	var out []string
+	for _, u := range strings.Split(s, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
+}
+
+// SplitURLs splits a comma-separated list of URLs (cluster.url, and the
+// brokers of remote.broker), dropping blanks.
+func SplitURLs(s string) []string { return splitURLs(s) }
+
+// checkNATSURL checks one NATS server URL: nats:// or tls:// with a host and a port.
+func checkNATSURL(s string) error {
+	u, err := url.Parse(s)
+	if err != nil {
+		return fmt.Errorf("not a URL: %w", err)
+	}
+	if u.Scheme != "nats" && u.Scheme != "tls" {
+		return fmt.Errorf("%q: scheme %q is not nats or tls (write it like nats://127.0.0.1:4222)", s, u.Scheme)
+	}
+	if u.Hostname() == "" || u.Port() == "" {
+		return fmt.Errorf("%q needs a host and a port, like nats://127.0.0.1:4222", s)
+	}
+	return nil
 }

@@ -16,8 +16,10 @@ import (
 	"github.com/mqttinfer/mqttinfer/topics"
 )
 
-// device is one simulated device: one MQTT connection, one sender goroutine,
-// and the replies it is waiting for.
+// device is one simulated device: one MQTT connection at a time, one
+// sender goroutine, and the replies it is waiting for. With several
+// brokers, it starts on one of them (devices are spread over them) and
+// moves to the next when it loses its connection.
 type device struct {
 	run      *run
 	id       string
@@ -25,11 +27,14 @@ type device struct {
 	resTopic string
 	gen      Generator
 	rng      *rand.Rand // used by the sender goroutine only (schedule and inputs)
-	client   mqtt.Client
+	at       int        // the broker it uses, an index into run.brokers
 
-	wake     chan struct{} // a reply moved notBefore; capacity 1
-	dead     chan struct{} // closed when the connection drops
-	deadOnce sync.Once
+	// client and dead (closed when client's connection drops) are set by
+	// connect, on the sender goroutine (or before it starts).
+	client mqtt.Client
+	dead   chan struct{}
+
+	wake chan struct{} // a reply moved notBefore; capacity 1
 
 	mu        sync.Mutex
 	pending   map[string]time.Time // request id → when it was sent
@@ -37,7 +42,7 @@ type device struct {
 	notBefore time.Time // no send before this (retry_after_ms of the last 429)
 }
 
-func newDevice(r *run, id string, gen Generator, rng *rand.Rand) *device {
+func newDevice(r *run, id string, index int, gen Generator, rng *rand.Rand) *device {
 	o := r.opts
 	return &device{
 		run:      r,
@@ -46,42 +51,85 @@ func newDevice(r *run, id string, gen Generator, rng *rand.Rand) *device {
 		resTopic: topics.Result(o.Prefix, o.Version, id, o.Model),
 		gen:      gen,
 		rng:      rng,
+		at:       index % len(r.brokers),
 		wake:     make(chan struct{}, 1),
-		dead:     make(chan struct{}),
 		pending:  map[string]time.Time{},
 	}
 }
 
-// connect connects the device and subscribes it to its result topic; on
-// success d.client is set.
+// connect connects the device to its broker, or to the next ones in turn
+// when it does not answer, and subscribes it to its result topic; on
+// success d.client and d.dead are set.
 func (d *device) connect(ctx context.Context) error {
 	o := d.run.opts
 	user, pass := o.Username, o.Password
 	if o.Credentials != nil {
 		user, pass = o.Credentials(d.id)
 	}
-	cl, err := dial(ctx, conn{
-		broker: o.Broker, clientID: d.id, username: user, password: pass, tls: o.TLSConfig, timeout: o.ConnectTimeout,
-		onLost: d.lost,
-	})
-	if err != nil {
-		return err
+	var err error
+	for range d.run.brokers {
+		dead := make(chan struct{})
+		var once sync.Once
+		var cl mqtt.Client
+		broker := d.run.brokers[d.at]
+		cl, err = dial(ctx, conn{
+			broker: broker, clientID: d.id, username: user, password: pass, tls: o.TLSConfig, timeout: o.ConnectTimeout,
+			onLost: func(err error) { once.Do(func() { close(dead); d.lost(broker, err) }) },
+		})
+		if err == nil {
+			if err = subscribe(ctx, cl, d.resTopic, o.QoS, d.onReply); err == nil {
+				d.client, d.dead = cl, dead
+				return nil
+			}
+			cl.Disconnect(disconnectQuiesce)
+			err = fmt.Errorf("device %s: %w", d.id, err)
+		}
+		if ctx.Err() != nil {
+			return err
+		}
+		d.at = (d.at + 1) % len(d.run.brokers)
 	}
-	if err := subscribe(ctx, cl, d.resTopic, o.QoS, d.onReply); err != nil {
-		cl.Disconnect(disconnectQuiesce)
-		return fmt.Errorf("device %s: %w", d.id, err)
-	}
-	d.client = cl
-	return nil
+	return err
 }
 
-// lost is paho's connection-lost callback.
-func (d *device) lost(err error) {
-	d.deadOnce.Do(func() {
-		close(d.dead)
-		d.run.connLost.Add(1)
-		d.run.opts.Logger.Warn("device lost its connection", "device", d.id, "err", err)
-	})
+// lost counts a dropped connection (paho's connection-lost callback).
+func (d *device) lost(broker string, err error) {
+	d.run.connLost.Add(1)
+	d.run.opts.Logger.Warn("device lost its connection", "device", d.id, "broker", broker, "err", err)
+}
+
+// failover connects the device to the next broker after it lost its
+// connection, when there are several; it reports whether it is connected
+// again (it gives up when stop closes).
+func (d *device) failover(stop <-chan struct{}) bool {
+	if len(d.run.brokers) < 2 {
+		return false
+	}
+	backoff := 50 * time.Millisecond
+	for {
+		d.at = (d.at + 1) % len(d.run.brokers)
+		ctx, cancel := context.WithCancel(context.Background())
+		go func() {
+			select {
+			case <-stop:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		err := d.connect(ctx)
+		cancel()
+		if err == nil {
+			d.run.failovers.Add(1)
+			d.run.opts.Logger.Info("device moved to another broker", "device", d.id, "broker", d.run.brokers[d.at])
+			return true
+		}
+		select {
+		case <-stop:
+			return false
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
 }
 
 // send publishes requests on the device's schedule until stop is closed, the
@@ -122,7 +170,9 @@ func (d *device) send(stop <-chan struct{}) {
 			case <-stop:
 				return
 			case <-d.dead:
-				return
+				if !d.failover(stop) {
+					return
+				}
 			}
 			continue
 		}
@@ -142,7 +192,10 @@ func (d *device) send(stop <-chan struct{}) {
 			d.mu.Unlock()
 			d.run.publishErrors.Add(1)
 			if errors.Is(err, mqtt.ErrNotConnected) {
-				return
+				if !d.failover(stop) {
+					return
+				}
+				continue
 			}
 		} else {
 			d.run.sent.Add(1)
@@ -157,7 +210,9 @@ func (d *device) send(stop <-chan struct{}) {
 		case <-stop:
 			return
 		case <-d.dead:
-			return
+			if !d.failover(stop) {
+				return
+			}
 		default:
 		}
 	}

@@ -57,6 +57,21 @@ func brokerURL(b string) string {
 	return b
 }
 
+// brokerURLs splits a comma-separated list of brokers into their URLs
+// (brokerURL of each); an empty list is the default broker.
+func brokerURLs(list string) []string {
+	var out []string
+	for _, b := range strings.Split(list, ",") {
+		if b = strings.TrimSpace(b); b != "" {
+			out = append(out, brokerURL(b))
+		}
+	}
+	if len(out) == 0 {
+		out = []string{DefaultBroker}
+	}
+	return out
+}
+
 // dial connects c. Handlers are attached by the caller with Subscribe, never
 // through a default handler. The client is connected with a clean session
 // and never reconnects by itself: a simulated device that loses its

@@ -33,6 +33,7 @@ type Report struct {
 	ConnectErrors   int    `json:"connect_errors"`
 	ConnectError    string `json:"connect_error,omitempty"` // the first connect error, as a sample
 	ConnectionsLost int    `json:"connections_lost"`        // devices whose connection dropped during the run
+	Failovers       int    `json:"failovers"`               // reconnections to another broker of the list
 
 	// Requests.
 	Sent      int            `json:"sent"`
@@ -176,6 +177,9 @@ func (r Report) WriteTo(w io.Writer) (int64, error) {
 	}
 	if r.ConnectionsLost > 0 {
 		fmt.Fprintf(&b, ", %d lost their connection", r.ConnectionsLost)
+	}
+	if r.Failovers > 0 {
+		fmt.Fprintf(&b, ", %d moved to another broker", r.Failovers)
 	}
 	b.WriteString("\n")
 	fmt.Fprintf(&b, "  elapsed      %s\n", r.Elapsed.Round(time.Millisecond))

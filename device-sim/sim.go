@@ -48,7 +48,10 @@ const (
 // hex digits>-0001" sending one "anomaly" request per second for 10 s to
 // 127.0.0.1:1883.
 type Options struct {
-	// Broker is the MQTT broker URL ("tcp://127.0.0.1:1883"; "host:port" means tcp).
+	// Broker is the MQTT broker URL ("tcp://127.0.0.1:1883"; "host:port"
+	// means tcp), or several, comma-separated (the edges of a cluster):
+	// the devices are spread over them, and a device that loses its broker
+	// moves to the next one and goes on.
 	Broker string
 	// Prefix is the service's topic prefix (default "mqttinfer").
 	Prefix string
@@ -195,7 +198,9 @@ type run struct {
 
 	sent, ok, throttled, unmatched, publishErrors atomic.Int64
 	answered                                      atomic.Int64
-	connLost                                      atomic.Int64
+	connLost, failovers                           atomic.Int64
+
+	brokers []string // opts.Broker, split
 
 	mu     sync.Mutex
 	errors map[string]int
@@ -224,7 +229,7 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 	if err != nil {
 		return Report{}, fmt.Errorf("device-sim: %w", err)
 	}
-	r := &run{opts: opts, errors: map[string]int{}}
+	r := &run{opts: opts, errors: map[string]int{}, brokers: brokerURLs(opts.Broker)}
 	rep := Report{
 		Model: opts.Model, Version: opts.Version, QoS: opts.QoS,
 		Devices: opts.Devices, Rate: opts.Rate, Seed: opts.Seed,
@@ -235,7 +240,7 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 	for i := range devs {
 		id := deviceID(opts.IDPrefix, i+1, opts.Devices)
 		rng := rand.New(rand.NewPCG(uint64(opts.Seed), uint64(i)))
-		devs[i] = newDevice(r, id, newInput(id, rng), rng)
+		devs[i] = newDevice(r, id, i, newInput(id, rng), rng)
 	}
 
 	// Connect and subscribe, bounded.
@@ -322,6 +327,7 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 	rep.Unmatched = int(r.unmatched.Load())
 	rep.PublishErrors = int(r.publishErrors.Load())
 	rep.ConnectionsLost = int(r.connLost.Load())
+	rep.Failovers = int(r.failovers.Load())
 	r.mu.Lock()
 	rep.Errors = r.errors
 	r.mu.Unlock()

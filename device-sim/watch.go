@@ -6,6 +6,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"strconv"
@@ -21,7 +22,9 @@ import (
 
 // WatchOptions configure Watch. Empty Version, Device or Model match any.
 type WatchOptions struct {
-	// Broker is the MQTT broker URL (default "tcp://127.0.0.1:1883").
+	// Broker is the MQTT broker URL (default "tcp://127.0.0.1:1883"), or
+	// several, comma-separated (the edges of a cluster): Watch moves to the
+	// next when it loses one.
 	Broker string
 	// Prefix is the service's topic prefix (default "mqttinfer").
 	Prefix string
@@ -61,7 +64,8 @@ type WatchOptions struct {
 // compact summary of the output or the error, and the rate-limit state as
 // remaining/limit). When all versions are watched, the version comes before
 // the device. It fails when it cannot connect or subscribe, when the
-// connection drops, or when out cannot be written.
+// connection drops (with several brokers it moves to the next one
+// instead), or when out cannot be written.
 func Watch(ctx context.Context, opts WatchOptions, out io.Writer) error {
 	opts.Prefix = cmp.Or(opts.Prefix, topics.DefaultPrefix)
 	if err := topics.ValidPrefix(opts.Prefix); err != nil {
@@ -79,41 +83,65 @@ func Watch(ctx context.Context, opts WatchOptions, out io.Writer) error {
 	}
 	filter := topics.ResultFilter(opts.Prefix, opts.Version, opts.Device, opts.Model)
 
-	lost := make(chan error, 1)
-	cl, err := dial(ctx, conn{
-		broker: opts.Broker, clientID: cmp.Or(opts.ClientID, randomClientID("watch-")),
-		username: opts.Username, password: opts.Password, tls: opts.TLSConfig, timeout: opts.ConnectTimeout,
-		onLost: func(err error) {
-			select {
-			case lost <- err:
-			default:
-			}
-		},
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return fmt.Errorf("watch: %w", err)
-	}
-	defer cl.Disconnect(disconnectQuiesce)
-
 	p := &printer{out: out, prefix: opts.Prefix, showVersion: opts.Version == "", json: opts.JSON, failed: make(chan struct{})}
-	if err := subscribe(ctx, cl, filter, opts.QoS, p.handle); err != nil {
-		if ctx.Err() != nil {
-			return nil
+	brokers := brokerURLs(opts.Broker)
+	clientID := cmp.Or(opts.ClientID, randomClientID("watch-"))
+	// watch1 watches through one broker until ctx ends (nil), the
+	// connection drops (its error) or the output fails.
+	watch1 := func(broker string) (connected bool, err error) {
+		lost := make(chan error, 1)
+		cl, err := dial(ctx, conn{
+			broker: broker, clientID: clientID,
+			username: opts.Username, password: opts.Password, tls: opts.TLSConfig, timeout: opts.ConnectTimeout,
+			onLost: func(err error) {
+				select {
+				case lost <- err:
+				default:
+				}
+			},
+		})
+		if err != nil {
+			return false, err
 		}
-		return fmt.Errorf("watch: %w", err)
+		defer cl.Disconnect(disconnectQuiesce)
+		if err := subscribe(ctx, cl, filter, opts.QoS, p.handle); err != nil {
+			return false, err
+		}
+		select {
+		case <-ctx.Done():
+			return true, nil
+		case err := <-lost:
+			return true, fmt.Errorf("lost the connection to %s: %w", broker, err)
+		case <-p.failed:
+			return true, errOutput
+		}
 	}
-	select {
-	case <-ctx.Done():
-		return nil
-	case err := <-lost:
-		return fmt.Errorf("watch: lost the connection to %s: %w", brokerURL(opts.Broker), err)
-	case <-p.failed:
-		return fmt.Errorf("watch: writing output: %w", p.err)
+	// With several brokers (the edges of a cluster), a lost or refused
+	// connection moves the watcher to the next one.
+	backoff := 50 * time.Millisecond
+	for at := 0; ; at = (at + 1) % len(brokers) {
+		connected, err := watch1(brokers[at])
+		switch {
+		case ctx.Err() != nil:
+			return nil
+		case errors.Is(err, errOutput):
+			return fmt.Errorf("watch: writing output: %w", p.err)
+		case len(brokers) == 1:
+			return fmt.Errorf("watch: %w", err)
+		case connected:
+			backoff = 50 * time.Millisecond
+		default:
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, 2*time.Second)
+		}
 	}
 }
+
+var errOutput = errors.New("output failed")
 
 // printer formats messages for Watch; handle runs on paho's router goroutine.
 type printer struct {

@@ -5,10 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
+	"net"
 	"os"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -367,4 +370,87 @@ func bucketAdmits(ats []time.Time, rate float64, burst int) int {
 		}
 	}
 	return n
+}
+
+// TestClusterScript: scripts/cluster.sh (make cluster) starts three NATS
+// servers, two edges and three workers, says where they are and "ready",
+// serves, and stops every process on SIGINT.
+func TestClusterScript(t *testing.T) {
+	if testing.Short() {
+		t.Skip("a whole cluster")
+	}
+	bin := binary(t)
+	base := freePortRange(t, 43)
+	p := start(t, []string{fmt.Sprintf("CLUSTER_PORT_BASE=%d", base)}, "../scripts/cluster.sh", bin)
+	roles := map[string][]string{}
+	var pids []int
+	timeout := time.After(2 * time.Minute)
+	for ready := false; !ready; {
+		select {
+		case l, ok := <-p.lines:
+			if !ok {
+				t.Fatal("cluster.sh ended before it was ready")
+			}
+			f := strings.Fields(l)
+			switch {
+			case l == "ready":
+				ready = true
+			case len(f) == 4 && strings.HasPrefix(f[2], "pid="):
+				roles[f[0]] = append(roles[f[0]], f[3])
+				var pid int
+				fmt.Sscanf(f[2], "pid=%d", &pid)
+				pids = append(pids, pid)
+			}
+		case <-timeout:
+			t.Fatal("cluster.sh not ready within 2 minutes")
+		}
+	}
+	if len(roles["nats"]) != 3 || len(roles["edge"]) != 2 || len(roles["worker"]) != 3 {
+		t.Fatalf("processes: %v", roles)
+	}
+	if roles["nats"][0] != fmt.Sprintf("nats://127.0.0.1:%d", base) || roles["edge"][0] != fmt.Sprintf("mqtt://127.0.0.1:%d", base+20) {
+		t.Errorf("urls: %v", roles)
+	}
+	// A device on the second edge is answered.
+	d := dialDevice(t, strings.TrimPrefix(roles["edge"][1], "mqtt://"), "script-1", mqttclient.V311)
+	d.ask(t, "anomaly", sample("1", 20))
+	if r := d.result(t); r.Status != 200 {
+		t.Fatalf("%+v", r)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.done:
+	case <-time.After(time.Minute):
+		t.Fatal("cluster.sh did not stop within a minute of SIGINT")
+	}
+	for _, pid := range pids {
+		if err := syscall.Kill(pid, 0); err == nil {
+			t.Errorf("process %d still running after cluster.sh stopped", pid)
+		}
+	}
+}
+
+// freePortRange finds n consecutive free ports on 127.0.0.1 and returns
+// the first.
+func freePortRange(t *testing.T, n int) int {
+	t.Helper()
+	for range 50 {
+		base := 20000 + rand.IntN(40000)
+		free := true
+		for i := range n {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", base+i))
+			if err != nil {
+				free = false
+				break
+			}
+			l.Close()
+		}
+		if free {
+			return base
+		}
+	}
+	t.Fatalf("no %d consecutive free ports", n)
+	return 0
 }

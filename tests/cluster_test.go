@@ -1,14 +1,17 @@
 package tests
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net/http"
 	"net/http/httptest"
 	"slices"
 	"testing"
 	"time"
 
+	devicesim "github.com/mqttinfer/mqttinfer/device-sim"
 	"github.com/mqttinfer/mqttinfer/mqttclient"
 	"github.com/mqttinfer/mqttinfer/service"
 	"github.com/mqttinfer/mqttinfer/topics"
@@ -163,4 +166,39 @@ func leave(t *testing.T, edge *service.Service, d *cdev) {
 	t.Helper()
 	d.Close()
 	waitFor(t, func() bool { return !edge.HasSubscribers(topics.Result("mqttinfer", "v1", d.id, "anomaly")) })
+}
+
+// TestClusterSimFailsOver: `mqttinfer sim` with both edges spreads its
+// devices over them; when one edge stops, its devices move to the other
+// and the run loses nothing.
+func TestClusterSimFailsOver(t *testing.T) {
+	cfg := testConfig(t)
+	cfg.Throttle.Enabled = false
+	edges := startCluster(t, cfg, 2, 2)
+	done := make(chan devicesim.Report, 1)
+	go func() {
+		rep, err := devicesim.Run(context.Background(), devicesim.Options{
+			Broker:  edges[0].MQTTAddr() + "," + edges[1].MQTTAddr(),
+			Devices: 10, Rate: 20, Duration: 4 * time.Second, QoS: 1, Drain: wait,
+			Logger: slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn})),
+		})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- rep
+	}()
+	// Once edge A has answered some of its devices, it stops.
+	waitFor(t, func() bool {
+		return metricValue(t, edges[0].HTTPAddr(), `mqttinfer_remote_requests_total{model="anomaly",status="200",version="v1"}`) >= 50
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if err := edges[0].Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	rep := <-done
+	t.Logf("%s", rep.String())
+	if rep.Failovers < 5 || rep.Lost != 0 || rep.OK != rep.Sent || rep.Connected != 10 {
+		t.Errorf("sent %d, ok %d, lost %d, %d moved to the other edge (want the 5 devices of edge A)", rep.Sent, rep.OK, rep.Lost, rep.Failovers)
+	}
 }

@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -51,7 +52,9 @@ var errNodeConflict = errors.New("another live worker of the group uses this nod
 // RemoteOptions configure a Remote worker.
 type RemoteOptions struct {
 	// Broker is the broker URL (see mqttclient.ParseURL), e.g.
-	// "tcp://127.0.0.1:1883". Required.
+	// "tcp://127.0.0.1:1883", or several, comma-separated: the worker
+	// connects to the first that answers, and to the next when it loses
+	// it. Required.
 	Broker string
 	// MQTTVersion is the protocol; 0 means MQTT 5. With 3.1.1 the worker
 	// cannot see nor send MQTT 5 properties (response topics, CBOR).
@@ -147,8 +150,14 @@ func NewRemote(core *Core, opts RemoteOptions) (*Remote, error) {
 	if core == nil || core.Models == nil {
 		return nil, errors.New("remote worker: a Core with models is required")
 	}
-	if _, err := mqttclient.ParseURL(opts.Broker); err != nil {
-		return nil, fmt.Errorf("remote worker: %w", err)
+	urls := brokerList(opts.Broker)
+	if len(urls) == 0 {
+		return nil, errors.New("remote worker: no broker URL")
+	}
+	for _, u := range urls {
+		if _, err := mqttclient.ParseURL(u); err != nil {
+			return nil, fmt.Errorf("remote worker: %w", err)
+		}
 	}
 	if opts.Prefix == "" {
 		opts.Prefix = topics.DefaultPrefix
@@ -215,13 +224,19 @@ func (r *Remote) Run(ctx context.Context) error {
 	r.pool.Start(nil)
 	defer r.stopPool(0)
 	backoff := minBackoff
-	for ctx.Err() == nil {
+	urls := brokerList(r.opts.Broker)
+	for at := 0; ctx.Err() == nil; at = (at + 1) % len(urls) {
 		s := newSession(r)
+		s.url = urls[at]
 		if err := s.connect(ctx); err != nil {
 			if ctx.Err() != nil {
 				break
 			}
-			r.log.Warn("cannot connect to the broker; retrying", "broker", r.opts.Broker, "in", backoff, "error", err)
+			if at+1 < len(urls) {
+				r.log.Warn("cannot connect to the broker; trying the next", "broker", s.url, "error", err)
+				continue
+			}
+			r.log.Warn("cannot connect to the broker; retrying", "broker", s.url, "in", backoff, "error", err)
 			select {
 			case <-ctx.Done():
 			case <-time.After(backoff):
@@ -312,6 +327,7 @@ type session struct {
 	inc     string
 	started time.Time
 	conn    *mqttclient.Conn
+	url     string // the broker it is connected to
 	events  chan mqttclient.Message
 	wake    chan struct{} // a partition's last running request finished
 
@@ -353,7 +369,7 @@ func (s *session) connect(ctx context.Context) error {
 	}
 	w := will[len(will)-1] // the latest version's; MQTT takes one will
 	s.conn, err = mqttclient.Dial(ctx, mqttclient.Options{
-		URL:       o.Broker,
+		URL:       s.url,
 		ClientID:  o.ClientID,
 		Username:  o.Username,
 		Password:  o.Password,
@@ -390,7 +406,7 @@ func (s *session) run(ctx context.Context) error {
 		s.r.core.Metrics.WorkerUp("remote", false)
 		s.r.core.Metrics.Group(0, 0)
 	}()
-	s.r.log.Info("connected; joining the group", "broker", o.Broker, "client_id", o.ClientID, "group", o.Group,
+	s.r.log.Info("connected; joining the group", "broker", s.url, "client_id", o.ClientID, "group", o.Group,
 		"node", o.Node, "incarnation", s.inc, "mqtt", s.conn.Version())
 	if err := s.publishCatalog(); err != nil {
 		s.r.log.Warn("publish catalog", "error", err)
@@ -911,4 +927,15 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// brokerList splits a comma-separated list of broker URLs.
+func brokerList(s string) []string {
+	var out []string
+	for _, u := range strings.Split(s, ",") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
+	}
+	return out
 }
