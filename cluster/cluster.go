@@ -117,6 +117,9 @@ func (n Names) ResultStream() string { return "MQTTINFER_" + n.ns + "_RES" }
 // CursorBucket is the key-value bucket of the devices' delivery cursors.
 func (n Names) CursorBucket() string { return "MQTTINFER_" + n.ns + "_CURSORS" }
 
+// StatusBucket is the key-value bucket of the nodes' statuses.
+func (n Names) StatusBucket() string { return "MQTTINFER_" + n.ns + "_STATUS" }
+
 // RequestSubject is the subject of partition p's requests.
 func (n Names) RequestSubject(p int) string { return "mqttinfer." + n.ns + ".req." + strconv.Itoa(p) }
 
@@ -140,11 +143,22 @@ func (n Names) Consumer(p int) string { return "p" + strconv.Itoa(p) }
 // device id has).
 func DeviceToken(device string) string { return strings.ReplaceAll(device, ".", "~") }
 
-// Partition is the partition of a device among n: an FNV-1a hash of its id.
+// Partition is the partition of a device among n: an FNV-1a hash of its
+// id, mixed (FNV's low bits alone follow the low bits of the bytes).
 func Partition(device string, n int) int {
-	h := fnv.New32a()
+	h := fnv.New64a()
 	h.Write([]byte(device))
-	return int(h.Sum32() % uint32(n))
+	return int(mix(h.Sum64()) % uint64(n))
+}
+
+// mix is splitmix64's finalizer: every bit of x moves every bit of the result.
+func mix(x uint64) uint64 {
+	x ^= x >> 30
+	x *= 0xbf58476d1ce4e5b9
+	x ^= x >> 27
+	x *= 0x94d049bb133111eb
+	x ^= x >> 31
+	return x
 }
 
 // metaPartitions is the request stream's metadata key for the partition count.
@@ -222,6 +236,14 @@ func Setup(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, o Options
 	}); err != nil {
 		return o, fmt.Errorf("create bucket %s: %w", n.CursorBucket(), err)
 	}
+	if _, err := js.CreateOrUpdateKeyValue(ctx, jetstream.KeyValueConfig{
+		Bucket:      n.StatusBucket(),
+		Description: "mqttinfer: the status of each edge and worker of prefix " + o.Prefix,
+		Replicas:    o.Replicas,
+		Storage:     jetstream.FileStorage,
+	}); err != nil {
+		return o, fmt.Errorf("create bucket %s: %w", n.StatusBucket(), err)
+	}
 	return o, nil
 }
 
@@ -229,6 +251,9 @@ func Setup(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, o Options
 // connection reconnects for ever, to any server of the cluster, quickly:
 // a node that lost its server is back within moments.
 func Connect(urls, name string, log *slog.Logger) (*nats.Conn, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	nc, err := nats.Connect(urls,
 		nats.Name(name),
 		nats.MaxReconnects(-1),

@@ -27,10 +27,12 @@ import (
 const publishTimeout = 20 * time.Second
 
 // Broker is what an edge needs of the embedded broker (*broker.Broker):
-// publishing replies to its subscribers, or to one device's clients alone.
+// publishing replies to its subscribers, or to one device's clients alone,
+// and the nodes' retained statuses.
 type Broker interface {
 	Send(p pipeline.Reply, qos byte) error
 	SendTo(device string, p pipeline.Reply, qos byte) (bool, error)
+	RetainedPublisher
 }
 
 // EdgeOptions configure an edge.
@@ -73,6 +75,7 @@ type Edge struct {
 	js      jetstream.JetStream
 	res     jetstream.Stream   // the result stream
 	kv      jetstream.KeyValue // the cursors
+	status  jetstream.KeyValue // the nodes' statuses
 	log     *slog.Logger
 	n       atomic.Uint64 // numbers the requests without an id
 	pumped  atomic.Uint64 // the result stream's sequence the pump has reached
@@ -169,6 +172,9 @@ func (e *Edge) Setup(ctx context.Context) error {
 	if e.kv, err = e.js.KeyValue(ctx, e.names.CursorBucket()); err != nil {
 		return fmt.Errorf("bucket %s: %w", e.names.CursorBucket(), err)
 	}
+	if e.status, err = e.js.KeyValue(ctx, e.names.StatusBucket()); err != nil {
+		return fmt.Errorf("bucket %s: %w", e.names.StatusBucket(), err)
+	}
 	// The pump starts after the results stored so far: a device that
 	// connects before its first result gets a cursor from here.
 	info, err := e.res.Info(ctx)
@@ -248,6 +254,7 @@ func (e *Edge) Run(ctx context.Context, b Broker) error {
 	var wg sync.WaitGroup
 	wg.Go(func() { e.sweep(ctx) })
 	wg.Go(func() { e.flushCursors(ctx) })
+	wg.Go(func() { e.mirror(ctx, b) })
 	defer wg.Wait()
 	for ctx.Err() == nil {
 		if err := e.pump(ctx, b); err != nil && ctx.Err() == nil {

@@ -43,6 +43,8 @@ type WorkerOptions struct {
 	Admission *pipeline.Admission
 	// Heartbeat is how often the worker announces itself; 0 means 500 ms.
 	Heartbeat time.Duration
+	// Version is the worker's version, in its status.
+	Version string
 	// Metrics counts; nil counts nothing.
 	Metrics *metrics.Metrics
 	// Log receives the worker's logs.
@@ -60,20 +62,22 @@ type WorkerOptions struct {
 // by unpinning them at once and resetting their consumers to the oldest
 // unacknowledged request, so that those are run again first, in order.
 type Worker struct {
-	o     WorkerOptions
-	js    jetstream.JetStream
-	reqs  jetstream.Stream // the request stream
-	names Names
-	inc   string // this run of the worker, to tell a restart from a twin
-	beat  time.Duration
-	log   *slog.Logger
-	mu    sync.Mutex
-	peers map[string]peer    // other workers, by node
-	parts map[int]*partition // the partitions this worker holds
-	stop  chan struct{}      // closed when the worker leaves
-	twin  error              // set when another live worker has this node id
-	wg    sync.WaitGroup     // the partitions' goroutines
-	ready bool
+	o      WorkerOptions
+	js     jetstream.JetStream
+	reqs   jetstream.Stream // the request stream
+	names  Names
+	inc    string // this run of the worker, to tell a restart from a twin
+	beat   time.Duration
+	log    *slog.Logger
+	mu     sync.Mutex
+	peers  map[string]peer    // other workers, by node
+	parts  map[int]*partition // the partitions this worker holds
+	stop   chan struct{}      // closed when the worker leaves
+	status jetstream.KeyValue // the nodes' statuses
+	since  string             // when it came online
+	twin   error              // set when another live worker has this node id
+	wg     sync.WaitGroup     // the partitions' goroutines
+	ready  bool
 }
 
 // announcement is a worker's heartbeat.
@@ -171,6 +175,13 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("stream %s: %w", w.names.RequestStream(), err)
 	}
+	sctx, cancel = context.WithTimeout(ctx, 30*time.Second)
+	w.status, err = js.KeyValue(sctx, w.names.StatusBucket())
+	cancel()
+	if err != nil {
+		return fmt.Errorf("bucket %s: %w", w.names.StatusBucket(), err)
+	}
+	w.since = time.Now().UTC().Format(time.RFC3339)
 	sub, err := w.o.Conn.Subscribe(w.names.MembersSubject(), w.heard)
 	if err != nil {
 		return fmt.Errorf("subscribe to %s: %w", w.names.MembersSubject(), err)
@@ -196,9 +207,15 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.mu.Lock()
 	w.ready = true
 	w.mu.Unlock()
+	var statusAt time.Time
 	for {
-		w.evaluate(ctx, time.Now())
+		now := time.Now()
+		w.evaluate(ctx, now)
 		w.announce(false)
+		if now.Sub(statusAt) >= statusEvery {
+			w.putStatus("online")
+			statusAt = now
+		}
 		if err := w.twinErr(); err != nil {
 			_ = w.leave()
 			return err
@@ -307,14 +324,7 @@ func score(node string, k int) uint64 {
 	h := fnv.New64a()
 	h.Write([]byte(node))
 	h.Write([]byte{0, byte(k >> 8), byte(k)})
-	x := h.Sum64()
-	// fnv's low bits mix poorly for similar inputs: finish with splitmix64.
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	x ^= x >> 31
-	return x
+	return mix(h.Sum64())
 }
 
 // leave stops taking requests, lets the ones taken finish and hands every
@@ -341,7 +351,39 @@ func (w *Worker) leave() error {
 	w.announce(true)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	return w.o.Pool.Stop(ctx)
+	err := w.o.Pool.Stop(ctx)
+	w.putStatus("offline")
+	return err
+}
+
+// putStatus stores the worker's status in the status bucket.
+func (w *Worker) putStatus(state string) {
+	if w.status == nil {
+		return
+	}
+	holds := w.Holds()
+	st := worker.Status{
+		Node:        w.o.Node,
+		State:       state,
+		Version:     w.o.Version,
+		Transport:   "cluster",
+		QueueDepth:  w.o.Pool.QueueDepth(),
+		Since:       w.since,
+		Partitions:  &worker.GroupState{Count: w.o.Partitions, Claimed: holds, Serving: len(holds)},
+		Incarnation: w.inc,
+		At:          time.Now().UnixMilli(),
+	}
+	if w.o.Admission != nil && w.o.Admission.Models != nil {
+		st.Models = w.o.Admission.Models()
+	}
+	if state == "offline" {
+		st.Since = time.Now().UTC().Format(time.RFC3339)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := putStatus(ctx, w.status, st); err != nil {
+		w.log.Warn("status not stored", "error", err)
+	}
 }
 
 // dropped is called by a partition's goroutine when it has let go.

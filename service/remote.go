@@ -135,6 +135,7 @@ func (w *Worker) joinCluster(core *worker.Core, m *metrics.Metrics) error {
 		Options: opts,
 		Conn:    nc,
 		Node:    cfg.Node,
+		Version: Version,
 		Pool:    pool,
 		Admission: &pipeline.Admission{MaxSize: cfg.MQTT.MaxRequestSize, Limit: w.models.Registry.MaxRequestSize,
 			HasModel: w.models.Registry.Has, Models: w.models.Registry.Names, Metrics: m},

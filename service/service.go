@@ -375,6 +375,9 @@ func (s *Service) publishStatus(state string) {
 	if state == "offline" {
 		st.Since = time.Now().UTC().Format(time.RFC3339)
 	}
+	if s.edge != nil {
+		s.edge.PutStatus(st) // every edge publishes every node's status
+	}
 	msgs, err := worker.StatusMessages(s.cfg.Prefix, st)
 	if err != nil {
 		s.log.Error("encode status", "error", err)

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/http"
 	"net/http/httptest"
 	"slices"
@@ -15,6 +16,7 @@ import (
 	"github.com/mqttinfer/mqttinfer/mqttclient"
 	"github.com/mqttinfer/mqttinfer/service"
 	"github.com/mqttinfer/mqttinfer/topics"
+	"github.com/mqttinfer/mqttinfer/worker"
 )
 
 // The cluster's own promises, beyond the contract every shape keeps: a
@@ -52,6 +54,27 @@ func TestClusterWatcherOnOtherEdge(t *testing.T) {
 	}
 	if !slices.Equal(got, seen) {
 		t.Errorf("device got %v, watcher on the other edge saw %v", got, seen)
+	}
+	// Both edges show every node's retained status: the edges' and the
+	// workers'.
+	for _, edge := range edges {
+		o := dialDevice(t, edge.MQTTAddr(), "status-watcher", mqttclient.V5, topics.NodeStatusFilter("mqttinfer", topics.Latest()))
+		online := map[string]string{}
+		for len(online) < 4 {
+			m := o.next(t)
+			var st worker.Status
+			if err := json.Unmarshal(m.Payload, &st); err != nil || !m.Retain {
+				t.Fatalf("%s: %s (retained %v)", m.Topic, m.Payload, m.Retain)
+			}
+			if st.State == "online" {
+				online[st.Node] = st.Transport
+			}
+		}
+		want := map[string]string{"edge1": "cluster_edge", "edge2": "cluster_edge", "w1": "cluster", "w2": "cluster"}
+		if !maps.Equal(online, want) {
+			t.Errorf("statuses on %s: %v, want %v", edge.MQTTAddr(), online, want)
+		}
+		o.Close()
 	}
 }
 
