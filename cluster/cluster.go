@@ -29,6 +29,7 @@ const (
 	DefaultPartitions  = 32
 	DefaultResultTTL   = 10 * time.Minute
 	DefaultDedupWindow = 2 * time.Minute
+	DefaultMaxQueued   = 4096
 )
 
 // priorityGroup is the consumers' one priority group: its pinned client
@@ -62,6 +63,10 @@ type Options struct {
 	// DedupWindow is how long a request's or result's message id is
 	// remembered: a copy inside the window is dropped.
 	DedupWindow time.Duration
+	// MaxQueued is how many requests may wait in the request stream: past
+	// it, edges answer new requests 503 at once rather than let them wait
+	// past their deadlines.
+	MaxQueued int
 }
 
 func (o Options) withDefaults() Options {
@@ -73,6 +78,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.DedupWindow <= 0 {
 		o.DedupWindow = DefaultDedupWindow
+	}
+	if o.MaxQueued <= 0 {
+		o.MaxQueued = DefaultMaxQueued
 	}
 	return o
 }
@@ -193,6 +201,8 @@ func Setup(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, o Options
 		Storage:     jetstream.FileStorage,
 		Replicas:    o.Replicas,
 		Duplicates:  o.DedupWindow,
+		MaxMsgs:     int64(o.MaxQueued),
+		Discard:     jetstream.DiscardNew,
 		Metadata:    map[string]string{metaPartitions: strconv.Itoa(o.Partitions)},
 	}); err != nil {
 		return o, fmt.Errorf("create stream %s: %w", n.RequestStream(), err)
@@ -280,6 +290,9 @@ func Connect(urls, name string, log *slog.Logger) (*nats.Conn, error) {
 // setupRetry is Setup, tried again until ctx ends while the cluster is not
 // ready yet (not connected, JetStream electing its leaders).
 func setupRetry(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, o Options, log *slog.Logger) (Options, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
 	for {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		got, err := Setup(actx, nc, js, o)

@@ -3,12 +3,14 @@ package cluster
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/mqttinfer/mqttinfer/api"
 	"github.com/mqttinfer/mqttinfer/broker"
 	"github.com/mqttinfer/mqttinfer/internal/testenv"
 	"github.com/mqttinfer/mqttinfer/mqttclient"
@@ -140,6 +142,37 @@ func TestStatusMirror(t *testing.T) {
 			}
 		case <-ctx.Done():
 			t.Fatalf("no %s status for w9", want)
+		}
+	}
+}
+
+// TestFullQueue: with no worker, the request stream holds max_queued
+// requests; the next is refused 503 at once rather than left to wait.
+func TestFullQueue(t *testing.T) {
+	nc, err := Connect(testenv.StartNATS(t, 1).URL(), "test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	e, err := NewEdge(EdgeOptions{Options: Options{Prefix: "mqttinfer", Partitions: 4, MaxQueued: 3}, Conn: nc, Node: "e1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := e.Setup(ctx); err != nil {
+		t.Fatal(err)
+	}
+	top, _ := topics.Parse("mqttinfer", "mqttinfer/v1/req/d1/anomaly")
+	for i := range 4 {
+		r := &pipeline.Request{Topic: top, Payload: []byte(`{"input":{}}`), QoS: 1, Received: time.Now()}
+		err := e.Dispatch(r)
+		var ae *api.Error
+		switch {
+		case i < 3 && err != nil:
+			t.Fatalf("request %d refused: %v", i, err)
+		case i == 3 && (!errors.As(err, &ae) || ae.Type != api.Overloaded):
+			t.Fatalf("request past the queue: %v, want 503 overloaded", err)
 		}
 	}
 }

@@ -201,6 +201,10 @@ func (e *Edge) Dispatch(r *pipeline.Request) error {
 		defer r.Done()
 	}
 	ack, err := publishAck(e.js, m, publishTimeout)
+	if apiErr := (*jetstream.APIError)(nil); errors.As(err, &apiErr) {
+		e.log.Debug("request refused by the request stream", "device", r.Topic.Device, "error", err)
+		return api.Errorf(api.Overloaded, "the cluster's request queue is full (%d waiting); retry later", e.o.MaxQueued)
+	}
 	if err != nil {
 		e.log.Warn("request not taken by the request stream", "device", r.Topic.Device, "error", err)
 		return api.Errorf(api.Overloaded, "the cluster did not take the request: %v", err)
@@ -223,6 +227,7 @@ func (e *Edge) Dispatch(r *pipeline.Request) error {
 // publishAck publishes m to a stream and returns the stream's ack, trying
 // again (with the same message id: the stream keeps one copy) while a NATS
 // server is replaced or a stream elects a new leader, for at most total.
+// A refusal by the stream (it is full) is returned at once.
 func publishAck(js jetstream.JetStream, m *nats.Msg, total time.Duration) (*jetstream.PubAck, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), total)
 	defer cancel()
@@ -232,6 +237,9 @@ func publishAck(js jetstream.JetStream, m *nats.Msg, total time.Duration) (*jets
 		acancel()
 		if err == nil {
 			return ack, nil
+		}
+		if apiErr := (*jetstream.APIError)(nil); errors.As(err, &apiErr) {
+			return nil, err // the stream refused it (full): trying again will not help
 		}
 		select {
 		case <-ctx.Done():

@@ -236,6 +236,8 @@ type Cluster struct {
 	ResultTTL time.Duration `mapstructure:"result_ttl" yaml:"result_ttl"`
 	// DedupWindow is how long a request's id is remembered against copies.
 	DedupWindow time.Duration `mapstructure:"dedup_window" yaml:"dedup_window"`
+	// MaxQueued is how many requests may wait in the cluster at once.
+	MaxQueued int `mapstructure:"max_queued" yaml:"max_queued"`
 }
 
 // Models configures the models.
@@ -381,6 +383,7 @@ func defaults() Config {
 			Partitions:  32,
 			ResultTTL:   10 * time.Minute,
 			DedupWindow: 2 * time.Minute,
+			MaxQueued:   4096,
 		},
 		Models: Models{
 			Dir:     ".cache/models",

@@ -212,6 +212,8 @@ var options = []option{
 		doc: "How long results are kept in the result stream: a device that reconnects (to any edge) within it gets the results it missed."},
 	{key: "cluster.dedup_window", unit: "duration",
 		doc: "A request with the same device, model and id as one taken within this time is a copy (a QoS 1 publish repeated after an edge died) and is not run again; also the window in which a result stored twice is kept once."},
+	{key: "cluster.max_queued", unit: "requests",
+		doc: "Requests that may wait in the cluster's request stream at once. Past it, edges answer new requests 503 `overloaded` at once, rather than let them wait past their deadlines: keep it below what the workers run in a request's deadline."},
 
 	{key: "models.costs", def: "none",
 		doc: "Tokens per request by model name (`{anomaly: 1, chat: 20}`), replacing the model's own cost."},

@@ -219,6 +219,9 @@ func (c Config) Validate(knownModels []string) error {
 	}
 	positive(bad, "cluster.result_ttl", cl.ResultTTL)
 	positive(bad, "cluster.dedup_window", cl.DedupWindow)
+	if cl.MaxQueued < 1 {
+		bad("cluster.max_queued", cl.MaxQueued, "must be at least 1")
+	}
 
 	// Models.
 	if c.Models.Anomaly.MaxSeries < 1 {

@@ -7,10 +7,15 @@
 #   2. the same load through Mosquitto + a remote mqttinfer worker (baseline)
 #   3. idle RSS per connected device with 2,000 idle devices, at our
 #      max_client_writes_pending and at mochi's default 8192 (baseline)
+#   4. the cluster (make cluster: 3 NATS servers, 2 edges, 3 workers)
+#      against one embedded node on the same load, and the backbone's
+#      durable path (JetStream) against core NATS request/reply
 #
 # Everything listens on 127.0.0.1 on free ports and is stopped at the end.
+# Usage: scripts/bench.sh [path/to/mqttinfer] [cluster]   (cluster: only section 4)
 set -euo pipefail
 BIN=${1:-bin/mqttinfer}
+ONLY=${2:-}
 DUR=${BENCH_DURATION:-8s}
 IDLE=${BENCH_IDLE_DEVICES:-2000}
 ulimit -n 65536 2>/dev/null || true
@@ -43,6 +48,7 @@ sim() { # sim PORT DEVICES RATE -> JSON report on stdout
 
 summary() { jq -r '"\(.devices) devices: \(.round_trips_per_sec|floor) round trips/s, p50 \(.latency.p50_ms) ms, p99 \(.latency.p99_ms) ms, max \(.latency.max_ms) ms, sent \(.sent), ok \(.ok), throttled \(.throttled), errors \(.errors|tostring), lost \(.lost)"'; }
 
+if [ -z "$ONLY" ]; then
 echo "== warm latency per model (one request at a time, no transport)"
 go test -run '^$' -bench 'ModelLatency' -benchtime 100x ./tests/ | grep ^Benchmark
 
@@ -110,6 +116,52 @@ if command -v /usr/sbin/mosquitto >/dev/null; then
 			'"ratio embedded/mosquitto+remote worker, \($e[0].devices) devices: \(($e[0].round_trips_per_sec / $m[0].round_trips_per_sec * 100 | floor) / 100)x round trips/s, p50 \(($m[0].latency.p50_ms / $e[0].latency.p50_ms * 100 | floor) / 100)x lower"'
 	done
 fi
+
+fi
+
+echo "== cluster: 3 NATS servers + 2 edges + 3 workers (scripts/cluster.sh) against one embedded node, same load"
+go test -run '^$' -bench Backbone -benchtime 2000x ./cluster/ | tee "$work/backbone.txt" | grep ^Benchmark
+python3 - "$(awk '$1 ~ /Backbone\/core/ {print $3}' "$work/backbone.txt")" "$(awk '$1 ~ /Backbone\/jetstream/ {print $3}' "$work/backbone.txt")" <<'PY'
+import sys
+core, js = map(float, sys.argv[1:])
+print(f"ratio backbone round trip, durable (JetStream R3, request and result stored) / core NATS request-reply: {js/core:.1f}x ({js/1e3:.0f} us vs {core/1e3:.0f} us)")
+PY
+base=$(python3 -c '
+import random, socket
+for _ in range(100):
+    b = random.randrange(20000, 60000)
+    try:
+        for i in range(43):
+            s = socket.socket(); s.bind(("127.0.0.1", b + i)); s.close()
+        print(b); break
+    except OSError:
+        continue')
+MQTTINFER_THROTTLE_RATE=1000000 MQTTINFER_THROTTLE_BURST=1000000 MQTTINFER_THROTTLE_MAX_IN_FLIGHT=1000000 MQTTINFER_LOG_LEVEL=warn \
+	CLUSTER_PORT_BASE=$base ./scripts/cluster.sh "$BIN" >"$work/cluster.out" 2>&1 & cpid=$!; pids+=("$cpid")
+for _ in $(seq 1 600); do grep -qx ready "$work/cluster.out" && break; sleep 0.2; done
+grep -qx ready "$work/cluster.out" || { echo "the cluster did not start:"; cat "$work/cluster.out"; exit 1; }
+cpids=$(awk '/ pid=/ {sub("pid=", "", $3); print $3}' "$work/cluster.out")
+edges="127.0.0.1:$((base + 20)),127.0.0.1:$((base + 21))"
+csim() { # csim DEVICES RATE -> JSON report
+	"$BIN" sim --broker "$edges" --devices "$1" --rate "$2" --qos 1 --duration "$DUR" --drain 20s --id-prefix "c$1-$2-" --seed 1 --json
+}
+p=$(freeport); h=$(freeport); pid=$(serve "$p" "$h"); pids+=("$pid"); waitport "$p"
+# 500 requests/s, well within the cluster on these 2 cores (the latency of
+# the durable path), then 4,000/s offered, past it (its ceiling here).
+for load in "100 5" "100 40"; do
+	set -- $load
+	c0=$(cpu_ms "$pid"); sim "$p" "$1" "$2" >"$work/ce-$1-$2.json"; c1=$(cpu_ms "$pid")
+	echo -n "embedded   "; summary <"$work/ce-$1-$2.json"; ecpu=$(per_rt "$c0" "$c1" "$work/ce-$1-$2.json")
+	# shellcheck disable=SC2086
+	c0=$(cpu_ms $cpids); csim "$1" "$2" >"$work/cc-$1-$2.json"; c1=$(cpu_ms $cpids)
+	echo -n "cluster    "; summary <"$work/cc-$1-$2.json"; ccpu=$(per_rt "$c0" "$c1" "$work/cc-$1-$2.json")
+	jq -rn --slurpfile e "$work/ce-$1-$2.json" --slurpfile c "$work/cc-$1-$2.json" \
+		'"ratio cluster / embedded, \($e[0].devices) devices x \($e[0].rate) req/s offered: \(($c[0].round_trips_per_sec / $e[0].round_trips_per_sec * 100 | floor) / 100)x round trips/s, p50 \(($c[0].latency.p50_ms / $e[0].latency.p50_ms * 10 | floor) / 10)x, p99 \(($c[0].latency.p99_ms / $e[0].latency.p99_ms * 10 | floor) / 10)x"'
+	echo "ratio CPU per round trip, cluster (all 8 processes) / embedded: $(python3 -c "print(round($ccpu/$ecpu,1))")x ($ccpu us vs $ecpu us)"
+done
+kill "$pid" "$cpid"; wait "$pid" "$cpid" 2>/dev/null || true
+
+[ -n "$ONLY" ] && exit 0
 
 echo "== idle RSS per connected device ($IDLE idle devices)"
 for pending in 64 256 1024 8192; do

@@ -17,6 +17,7 @@ func clusterOptions(cfg config.Config) cluster.Options {
 		Replicas:    cfg.Cluster.Replicas,
 		ResultTTL:   cfg.Cluster.ResultTTL,
 		DedupWindow: cfg.Cluster.DedupWindow,
+		MaxQueued:   cfg.Cluster.MaxQueued,
 	}
 }
 
