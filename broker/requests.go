@@ -19,9 +19,12 @@ type Canceler interface {
 }
 
 // Dispatcher takes accepted requests off the broker's read path. Dispatch
-// must not block: when it cannot take the request it returns an error, an
-// *api.Error to send as it is, or any other error for 503 overloaded.
-// Replies go back through Broker.Send.
+// blocks its publisher's connection (not the broker): it returns at once,
+// or once the request is stored where it cannot be lost (the journal, a
+// cluster's request stream), and the broker PUBACKs the request only then.
+// When it cannot take the request it returns an error, an *api.Error to
+// send as it is, or any other error for 503 overloaded. Replies go back
+// through Broker.Send.
 type Dispatcher interface {
 	Dispatch(r *pipeline.Request) error
 }
@@ -197,15 +200,26 @@ func (h *requestHook) handOff(in *inbound) (packets.Packet, error) {
 
 // cancel hands a device's cancel request to the dispatcher; the canceled
 // request itself is then answered 499. Without a dispatcher the cancel goes
-// on to the remote workers.
+// on to the remote workers; a dispatcher that is no Canceler gets it as a
+// request, to pass on.
 func (h *requestHook) cancel(in *inbound) (packets.Packet, error) {
-	c, ok := h.b.opts.Dispatcher.(Canceler)
+	d := h.b.opts.Dispatcher
+	c, ok := d.(Canceler)
 	if !ok {
-		if h.b.opts.Dispatcher == nil {
+		if d == nil {
 			in.pk.Properties.ResponseTopic = in.r.ResponseTopic
 			return in.pk, nil
 		}
-		return h.reject(in, api.Errorf(api.InvalidRequest, "this service cannot cancel requests"))
+		// A dispatcher that cannot cancel here hands the cancel on to
+		// whoever runs the request (a cluster's workers).
+		if err := d.Dispatch(in.r); err != nil {
+			var e *api.Error
+			if !errors.As(err, &e) {
+				e = api.Errorf(api.Overloaded, "the service is out of capacity: %v", err)
+			}
+			return h.reject(in, e)
+		}
+		return in.pk, packets.CodeSuccessIgnore
 	}
 	if !c.Cancel(in.sender, in.r.Body.ID) {
 		return h.reject(in, api.Errorf(api.InvalidRequest, "no queued or running request with id %q to cancel", in.r.Body.ID))

@@ -1,7 +1,8 @@
 // Command mqttinfer is an MQTT-based AI inference service for IoT devices.
 //
 //	mqttinfer serve    embedded broker + in-process workers + HTTP (the default node)
-//	mqttinfer worker   a remote worker on any broker (shared subscription)
+//	mqttinfer worker   a remote worker on any broker (shared subscription) or in a cluster
+//	mqttinfer nats     a NATS server with JetStream, a node of a cluster's backbone
 //	mqttinfer sim      simulated devices and a load report
 //	mqttinfer watch    result traffic, readably
 //	mqttinfer models   the model catalog
@@ -44,7 +45,7 @@ func rootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), workerCmd(), simCmd(), watchCmd(), modelsCmd(), chatCmd(), passwdCmd(), versionCmd())
+	root.AddCommand(serveCmd(), workerCmd(), natsCmd(), simCmd(), watchCmd(), modelsCmd(), chatCmd(), passwdCmd(), versionCmd())
 	return root
 }
 
