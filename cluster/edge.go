@@ -392,7 +392,8 @@ func (e *Edge) Connected(device string) {
 		e.mu.Unlock()
 		return
 	}
-	st := &devState{conns: 1, pending: map[uint16]uint64{}, handed: e.pumped.Load()}
+	from := e.pumped.Load()
+	st := &devState{conns: 1, pending: map[uint16]uint64{}, handed: from}
 	e.devs[device] = st
 	e.mu.Unlock()
 	if e.kv == nil {
@@ -404,7 +405,7 @@ func (e *Edge) Connected(device string) {
 	// A device new to the cluster (or back after result_ttl) gets a cursor
 	// at once, in case this edge dies; one that has a cursor gets what it
 	// missed since, when it subscribes.
-	_, err := e.kv.Create(ctx, DeviceToken(device), []byte(strconv.FormatUint(st.handed, 10)))
+	_, err := e.kv.Create(ctx, DeviceToken(device), []byte(strconv.FormatUint(from, 10)))
 	switch {
 	case errors.Is(err, jetstream.ErrKeyExists):
 		e.mu.Lock()
