@@ -22,6 +22,7 @@ const (
 	InvalidRequest     ErrorType = "invalid_request"
 	Forbidden          ErrorType = "forbidden"
 	ModelNotFound      ErrorType = "model_not_found"
+	VersionNotFound    ErrorType = "model_version_not_found"
 	UnsupportedVersion ErrorType = "unsupported_version"
 	DeadlineExceeded   ErrorType = "deadline_exceeded"
 	PayloadTooLarge    ErrorType = "payload_too_large"
@@ -40,6 +41,7 @@ var statusOf = map[ErrorType]int{
 	InvalidRequest:     400,
 	Forbidden:          403,
 	ModelNotFound:      404,
+	VersionNotFound:    404,
 	UnsupportedVersion: 404,
 	DeadlineExceeded:   408,
 	PayloadTooLarge:    413,
@@ -83,7 +85,8 @@ type Error struct {
 	RetryAfterMS int64     `json:"retry_after_ms,omitempty"`
 	// Models lists the models that exist, on model_not_found.
 	Models []string `json:"models,omitempty"`
-	// Versions lists the supported API versions, on unsupported_version.
+	// Versions lists the supported API versions, on unsupported_version,
+	// or the model's versions, on model_version_not_found.
 	Versions []string `json:"versions,omitempty"`
 }
 
@@ -115,6 +118,9 @@ type Request struct {
 	DeadlineMS int64 `json:"deadline_ms,omitempty"`
 	// Cancel cancels the running stream with the same ID.
 	Cancel bool `json:"cancel,omitempty"`
+	// ModelVersion pins the version of the model that must answer; empty
+	// lets the model's version policy choose (latest, fixed, canary).
+	ModelVersion string `json:"model_version,omitempty"`
 }
 
 // RateLimit tells a device where it stands with its token bucket.

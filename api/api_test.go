@@ -24,7 +24,7 @@ var statusTable = []struct {
 }{
 	{400, []ErrorType{"invalid_request"}},
 	{403, []ErrorType{"forbidden"}},
-	{404, []ErrorType{"model_not_found", "unsupported_version"}},
+	{404, []ErrorType{"model_not_found", "model_version_not_found", "unsupported_version"}},
 	{408, []ErrorType{"deadline_exceeded"}},
 	{413, []ErrorType{"payload_too_large"}},
 	{422, []ErrorType{"invalid_input"}},
@@ -55,7 +55,7 @@ func TestErrorTypeStatus(t *testing.T) {
 		t.Errorf("ErrorTypes() = %q,\nwant %q", got, want)
 	}
 	// The constants spell the wire names.
-	consts := []ErrorType{InvalidRequest, Forbidden, ModelNotFound, UnsupportedVersion, DeadlineExceeded,
+	consts := []ErrorType{InvalidRequest, Forbidden, ModelNotFound, VersionNotFound, UnsupportedVersion, DeadlineExceeded,
 		PayloadTooLarge, InvalidInput, RateLimited, Canceled, InferenceFailed, Overloaded, ModelUnavailable}
 	slices.Sort(consts)
 	sorted := slices.Sorted(slices.Values(want))

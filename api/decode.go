@@ -61,6 +61,9 @@ func decodeRequest(body []byte) (Request, *Error) {
 		r.ID = ""
 		return r, Errorf(InvalidRequest, "field \"id\": %d bytes, the limit is %d (starts %q)", len(long), MaxRequestIDLen, long[:16])
 	}
+	if r.ModelVersion != "" && !validVersion(r.ModelVersion) {
+		return r, Errorf(InvalidRequest, "field \"model_version\": %q is not a version: 1-64 characters of [A-Za-z0-9._-]", r.ModelVersion)
+	}
 	if r.DeadlineMS < 0 {
 		return r, Errorf(InvalidRequest, "field \"deadline_ms\": must be >= 0, got %d", r.DeadlineMS)
 	}
@@ -80,6 +83,21 @@ func decodeRequest(body []byte) (Request, *Error) {
 		return r, Errorf(InvalidRequest, "field \"input\" is missing")
 	}
 	return r, nil
+}
+
+// validVersion reports whether v can name a model version: 1-64 bytes of
+// [A-Za-z0-9._-], like device and model ids.
+func validVersion(v string) bool {
+	if v == "" || len(v) > 64 {
+		return false
+	}
+	for i := 0; i < len(v); i++ {
+		c := v[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '.' || c == '_' || c == '-') {
+			return false
+		}
+	}
+	return true
 }
 
 func isNull(m json.RawMessage) bool { return len(m) == 4 && string(m) == "null" }

@@ -42,6 +42,26 @@ type Info struct {
 	// the model, in bytes (the registry's, see Registry.SetMaxRequestSize);
 	// bigger requests are answered 413.
 	MaxRequestSize int `json:"max_request_bytes,omitempty"`
+	// Versions lists the versions of a model served in several (a
+	// repository model), and VersionPolicy says which answers a request
+	// that pins none. Version is then the policy's main version.
+	Versions      []VersionInfo `json:"versions,omitempty"`
+	VersionPolicy string        `json:"version_policy,omitempty"`
+}
+
+// VersionInfo is one version of a model served in several.
+type VersionInfo struct {
+	Version string `json:"version"`
+	// State is "serving", or "failed" (Error says why; the version that
+	// served before, if any, goes on serving).
+	State string `json:"state"`
+	// SharePercent is the share of the requests that pin no version this
+	// version answers under the policy.
+	SharePercent float64 `json:"share_percent"`
+	Checksum     string  `json:"checksum,omitempty"`
+	// WarmLatencyMS is its warm-up inference's latency at load.
+	WarmLatencyMS float64 `json:"warm_latency_ms,omitempty"`
+	Error         string  `json:"error,omitempty"`
 }
 
 // Request is one inference call as a model sees it.
@@ -67,6 +87,29 @@ type Model interface {
 type Streamer interface {
 	Model
 	InferStream(ctx context.Context, req Request, emit func(delta any) error) (any, error)
+}
+
+// Versioned is implemented by models served in several versions side by
+// side (a model repository's). Acquire returns the version that answers a
+// request of device (the pinned one when pinned is set, else the one the
+// model's version policy picks for the device) and a release to call once
+// that version's work for the request is over: a version being unloaded
+// waits for its requests to finish. A pinned version the model does not
+// have is a *VersionError.
+type Versioned interface {
+	Model
+	Acquire(device, pinned string) (Model, func(), error)
+}
+
+// VersionError says that a model has no such version.
+type VersionError struct {
+	Model, Version string
+	// Versions are the versions the model has.
+	Versions []string
+}
+
+func (e *VersionError) Error() string {
+	return fmt.Sprintf("model %q has no version %q; versions: %v", e.Model, e.Version, e.Versions)
 }
 
 // Forgetter is implemented by models that carry state per device (a
@@ -137,6 +180,15 @@ func (r *Registry) Register(m Model) error {
 	}
 	r.models[name] = m
 	return nil
+}
+
+// Unregister removes the model named name; it reports whether there was one.
+func (r *Registry) Unregister(name string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	_, ok := r.models[name]
+	delete(r.models, name)
+	return ok
 }
 
 // Get returns the model named name.

@@ -26,6 +26,8 @@ type Metrics struct {
 	dropped    prometheus.Counter
 	dedup      prometheus.Counter
 	replayed   prometheus.Counter
+	versionReq *prometheus.CounterVec
+	versionLat *prometheus.HistogramVec
 	workerUp   *prometheus.GaugeVec
 	remote     *prometheus.CounterVec
 	partitions prometheus.Gauge
@@ -121,6 +123,16 @@ func New(reg prometheus.Registerer) *Metrics {
 			Help: "1 while a worker transport is running and accepting requests, by transport.",
 		}, []string{"transport"}),
 	}
+	m.versionReq = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "mqttinfer_model_version_requests_total",
+		Help: "Requests a model version answered, by model, version and status code: how a canary compares with the version it may replace.",
+	}, []string{"model", "version", "status"})
+	m.versionLat = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "mqttinfer_model_version_inference_seconds",
+		Help:    "Time a model version spent on a request, by model and version.",
+		Buckets: prometheus.ExponentialBuckets(0.0001, 2.5, 14),
+	}, []string{"model", "version"})
+	reg.MustRegister(m.versionReq, m.versionLat)
 	m.remote = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "mqttinfer_remote_requests_total",
 		Help: "Requests remote workers answered through this broker, by API version, model and status code, counted as their final replies pass (their own /metrics has the details).",
@@ -220,6 +232,17 @@ func (m *Metrics) Duplicate() {
 		return
 	}
 	m.dedup.Inc()
+}
+
+// VersionRequest counts a request a model version answered, and how long
+// it took.
+func (m *Metrics) VersionRequest(model, version string, status int, seconds float64) {
+	if m == nil {
+		return
+	}
+	model = m.model(model)
+	m.versionReq.WithLabelValues(model, version, strconv.Itoa(status)).Inc()
+	m.versionLat.WithLabelValues(model, version).Observe(seconds)
 }
 
 // Replayed counts results sent again to a device that had missed them.

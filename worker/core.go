@@ -82,10 +82,11 @@ func (c *Core) Do(ctx context.Context, j Job) (res api.Result, share float64) {
 
 func (c *Core) do(ctx context.Context, j Job) (api.Result, float64) {
 	fail := func(e *api.Error) (api.Result, float64) { return api.ErrorResult(j.Request.ID, j.Model, e), -1 }
-	m, info, e := c.lookup(j)
+	m, info, release, e := c.lookup(j)
 	if e != nil {
 		return fail(e)
 	}
+	defer release()
 	ctx, cancel, e := c.deadline(ctx, j)
 	if e != nil {
 		return fail(e)
@@ -102,8 +103,13 @@ func (c *Core) do(ctx context.Context, j Job) (api.Result, float64) {
 	elapsed := time.Since(start)
 	c.Metrics.Inference(j.Model, elapsed.Seconds())
 	if err != nil {
-		return fail(c.classify(ctx, j, err))
+		e := c.classify(ctx, j, err)
+		c.Metrics.VersionRequest(j.Model, info.Version, e.Status(), elapsed.Seconds())
+		res := api.ErrorResult(j.Request.ID, j.Model, e)
+		res.ModelVersion = info.Version
+		return res, -1
 	}
+	c.Metrics.VersionRequest(j.Model, info.Version, api.StatusOK, elapsed.Seconds())
 	raw, err := json.Marshal(out)
 	if err != nil {
 		c.log().Error("encode model output", "model", j.Model, "error", err)
@@ -155,23 +161,47 @@ func (c *Core) batch(ctx context.Context, j Job, m inference.Model, info inferen
 	}
 }
 
-// lookup finds the job's model and checks that it can serve.
-func (c *Core) lookup(j Job) (inference.Model, inference.Info, *api.Error) {
+// lookup finds the job's model, and its version, and checks that it can
+// serve; release ends the job's hold on the version.
+func (c *Core) lookup(j Job) (m inference.Model, info inference.Info, release func(), e *api.Error) {
+	release = func() {}
 	if j.Request.Cancel {
-		return nil, inference.Info{}, api.Errorf(api.InvalidRequest, "no running request with id %q to cancel", j.Request.ID)
+		return nil, inference.Info{}, release, api.Errorf(api.InvalidRequest, "no running request with id %q to cancel", j.Request.ID)
 	}
 	m, ok := c.Models.Get(j.Model)
 	if !ok {
 		names := c.Models.Names()
 		e := api.Errorf(api.ModelNotFound, "model %q does not exist; models: %s", j.Model, strings.Join(names, ", "))
 		e.Models = names
-		return nil, inference.Info{}, e
+		return nil, inference.Info{}, release, e
 	}
-	info := m.Info()
+	if v, ok := m.(inference.Versioned); ok {
+		vm, rel, err := v.Acquire(j.Device, j.Request.ModelVersion)
+		if err != nil {
+			return nil, m.Info(), release, versionError(j.Model, err)
+		}
+		m, release = vm, rel
+	}
+	info = m.Info()
+	if pinned := j.Request.ModelVersion; pinned != "" && pinned != info.Version {
+		return nil, info, release, versionError(j.Model, &inference.VersionError{Model: j.Model, Version: pinned, Versions: []string{info.Version}})
+	}
 	if info.Unavailable != "" {
-		return nil, info, api.Errorf(api.ModelUnavailable, "model %q is not available here: %s", j.Model, info.Unavailable)
+		return nil, info, release, api.Errorf(api.ModelUnavailable, "model %q is not available here: %s", j.Model, info.Unavailable)
 	}
-	return m, info, nil
+	return m, info, release, nil
+}
+
+// versionError is the reply to a request for a version a model lacks (or
+// for a model whose versions cannot serve now).
+func versionError(model string, err error) *api.Error {
+	var ve *inference.VersionError
+	if errors.As(err, &ve) {
+		e := api.Errorf(api.VersionNotFound, "model %q has no version %q; versions: %s", model, ve.Version, strings.Join(ve.Versions, ", "))
+		e.Versions = ve.Versions
+		return e
+	}
+	return api.Errorf(api.ModelUnavailable, "model %q is not available here: %v", model, err)
 }
 
 // deadline bounds ctx by the job's deadline, or says it has passed already.

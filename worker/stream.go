@@ -43,10 +43,11 @@ func (c *Core) RunStream(ctx context.Context, j Job, emit func(api.StreamEvent))
 	fail := func(e *api.Error) api.StreamEvent {
 		return end(api.StreamEvent{Event: api.EventError, Status: e.Status(), Error: e})
 	}
-	m, _, e := c.lookup(j)
+	m, _, release, e := c.lookup(j)
 	if e != nil {
 		return fail(e), share
 	}
+	defer release()
 	s, ok := m.(inference.Streamer)
 	if !ok {
 		return fail(api.Errorf(api.InvalidRequest, "model %q does not stream", j.Model)), share

@@ -97,3 +97,10 @@ func Checksum(path string) (string, error) {
 	}
 	return hex.EncodeToString(h.Sum(nil)), nil
 }
+
+// TensorInfo is an input or output a model file declares.
+type TensorInfo struct {
+	Name  string
+	DType string  // "float32", "int64", ...; "" for a non-tensor value
+	Shape []int64 // -1 for a dynamic dimension
+}

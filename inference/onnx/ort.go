@@ -127,3 +127,43 @@ func (s *Session) Run(in []Tensor) ([]Tensor, error) {
 
 // Close releases the session.
 func (s *Session) Close() error { return s.s.Destroy() }
+
+// Inspect reads the inputs and outputs a model file declares, without
+// keeping a session: their names, element types ("float32", "int64",
+// ...; "" for a non-tensor) and shapes (-1 for a dynamic dimension).
+func Inspect(path string) (inputs, outputs []TensorInfo, err error) {
+	if err := Available(); err != nil {
+		return nil, nil, err
+	}
+	in, out, err := ort.GetInputOutputInfo(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("read model %s: %w", path, err)
+	}
+	return tensorInfos(in), tensorInfos(out), nil
+}
+
+func tensorInfos(infos []ort.InputOutputInfo) []TensorInfo {
+	out := make([]TensorInfo, len(infos))
+	for i, io := range infos {
+		out[i] = TensorInfo{Name: io.Name, Shape: []int64(io.Dimensions)}
+		if io.OrtValueType == ort.ONNXTypeTensor {
+			out[i].DType = dtypeNames[io.DataType]
+			if out[i].DType == "" {
+				out[i].DType = io.DataType.String()
+			}
+		}
+	}
+	return out
+}
+
+var dtypeNames = map[ort.TensorElementDataType]string{
+	ort.TensorElementDataTypeFloat:  "float32",
+	ort.TensorElementDataTypeDouble: "float64",
+	ort.TensorElementDataTypeInt64:  "int64",
+	ort.TensorElementDataTypeInt32:  "int32",
+	ort.TensorElementDataTypeInt16:  "int16",
+	ort.TensorElementDataTypeInt8:   "int8",
+	ort.TensorElementDataTypeUint8:  "uint8",
+	ort.TensorElementDataTypeBool:   "bool",
+	ort.TensorElementDataTypeString: "string",
+}

@@ -28,3 +28,6 @@ func (s *Session) Run(in []Tensor) ([]Tensor, error) { return nil, errNoCgo }
 
 // Close does nothing.
 func (s *Session) Close() error { return nil }
+
+// Inspect fails: this build has no cgo.
+func Inspect(path string) (inputs, outputs []TensorInfo, err error) { return nil, nil, errNoCgo }
