@@ -248,6 +248,12 @@ type Models struct {
 	Dir string `mapstructure:"dir" yaml:"dir"`
 	// Threads is the intra-op threads of each ONNX Runtime session.
 	Threads int `mapstructure:"threads" yaml:"threads"`
+	// Repository is a model repository of the users' own ONNX models
+	// (<model>/model.yaml, <model>/<version>/model.onnx); "" for none.
+	Repository string `mapstructure:"repository" yaml:"repository"`
+	// RepositoryPoll is how often the repository is scanned for changes,
+	// besides the change notifications.
+	RepositoryPoll time.Duration `mapstructure:"repository_poll" yaml:"repository_poll"`
 	// Anomaly configures the anomaly model.
 	Anomaly Anomaly `mapstructure:"anomaly" yaml:"anomaly"`
 	// VAD configures the voice activity model.
@@ -386,12 +392,13 @@ func defaults() Config {
 			MaxQueued:   4096,
 		},
 		Models: Models{
-			Dir:     ".cache/models",
-			Threads: 1,
-			Anomaly: Anomaly{MaxSeries: 100000, IdleTTL: time.Hour},
-			VAD:     VAD{MaxStreams: 10000, IdleTTL: 5 * time.Minute, MaxRequestSize: 512 << 10},
-			OCR:     OCR{MaxPixels: 4_000_000, MaxRequestSize: 2 << 20},
-			Detect:  Detect{MaxPixels: 4_000_000, MaxRequestSize: 2 << 20, MaxBatch: 8, MaxDelay: 2 * time.Millisecond},
+			Dir:            ".cache/models",
+			Threads:        1,
+			RepositoryPoll: 5 * time.Second,
+			Anomaly:        Anomaly{MaxSeries: 100000, IdleTTL: time.Hour},
+			VAD:            VAD{MaxStreams: 10000, IdleTTL: 5 * time.Minute, MaxRequestSize: 512 << 10},
+			OCR:            OCR{MaxPixels: 4_000_000, MaxRequestSize: 2 << 20},
+			Detect:         Detect{MaxPixels: 4_000_000, MaxRequestSize: 2 << 20, MaxBatch: 8, MaxDelay: 2 * time.Millisecond},
 			Chat: Chat{APIKeyEnv: "MQTTINFER_CHAT_API_KEY", Timeout: 2 * time.Minute, IdleTimeout: 30 * time.Second,
 				MaxTokens: 512, Cost: 8},
 		},

@@ -490,7 +490,7 @@ func TestCommandFlags(t *testing.T) {
 			"throttle-in-flight": "throttle.max_in_flight", "in-process": "worker.in_process",
 			"concurrency": "worker.concurrency", "queue-size": "worker.queue_size",
 			"models-dir": "models.dir", "model-threads": "models.threads", "chat-url": "models.chat.base_url", "chat-model": "models.chat.model",
-			"cluster": "cluster.url",
+			"cluster": "cluster.url", "model-repository": "models.repository",
 		}},
 		{WorkerCmd, map[string]string{
 			"node": "node", "prefix": "prefix", "log-level": "log_level", "log-format": "log_format", "max-request-size": "mqtt.max_request_size",
@@ -498,7 +498,7 @@ func TestCommandFlags(t *testing.T) {
 			"broker": "remote.broker", "group": "remote.group", "mqtt-version": "remote.mqtt_version", "client-id": "remote.client_id", "username": "remote.username",
 			"ca-file": "remote.tls_ca_file", "cert-file": "remote.tls_cert_file", "key-file": "remote.tls_key_file", "tls-server-name": "remote.tls_server_name",
 			"throttle": "remote.throttle", "worker-throttle": "remote.throttle", "concurrency": "remote.concurrency", "worker-concurrency": "remote.concurrency",
-			"http-addr": "remote.http_addr", "cluster": "cluster.url", "models-dir": "models.dir", "model-threads": "models.threads", "chat-url": "models.chat.base_url", "chat-model": "models.chat.model",
+			"http-addr": "remote.http_addr", "cluster": "cluster.url", "model-repository": "models.repository", "models-dir": "models.dir", "model-threads": "models.threads", "chat-url": "models.chat.base_url", "chat-model": "models.chat.model",
 		}},
 		{ClientCmd, map[string]string{
 			"prefix": "prefix", "broker": "remote.broker", "username": "remote.username", "password": "remote.password",

@@ -7,6 +7,7 @@ import (
 	"math"
 	"net"
 	"net/url"
+	"os"
 	"path"
 	"slices"
 	"strconv"
@@ -231,6 +232,12 @@ func (c Config) Validate(knownModels []string) error {
 	if c.Models.Dir == "" {
 		bad("models.dir", c.Models.Dir, "must not be empty")
 	}
+	if c.Models.Repository != "" {
+		if st, err := os.Stat(c.Models.Repository); err != nil || !st.IsDir() {
+			bad("models.repository", c.Models.Repository, "is not a directory")
+		}
+	}
+	positive(bad, "models.repository_poll", c.Models.RepositoryPoll)
 	if c.Models.Threads < 1 {
 		bad("models.threads", c.Models.Threads, "must be at least 1 thread")
 	}

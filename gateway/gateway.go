@@ -95,6 +95,9 @@ type Options struct {
 	// the header: otherwise any client can pick its own address, and with it
 	// its own token bucket.
 	TrustProxy bool
+	// Repository, when set, is the model repository that
+	// /{ver}/repository/{model}/load and /unload control.
+	Repository Repository
 	// Pprof serves Go's profiler under /debug/pprof/.
 	Pprof bool
 	// Log receives failures to answer, and refused logins at INFO
@@ -178,6 +181,7 @@ type gateway struct {
 	trustProxy bool
 	log        *slog.Logger
 	openapi    []byte
+	repo       Repository
 }
 
 func newGateway(opts Options) *gateway {
@@ -192,6 +196,7 @@ func newGateway(opts Options) *gateway {
 		trustProxy: opts.TrustProxy,
 		log:        opts.Log,
 		openapi:    openAPIDocument(),
+		repo:       opts.Repository,
 	}
 	if g.models == nil && g.pool != nil {
 		g.models = g.pool.Core().Models
@@ -224,5 +229,7 @@ func (g *gateway) routes() []route {
 		{"GET /{ver}/models/{model}", g.model, nil},
 		{"POST /{ver}/models/{model}/infer", g.infer, []config.Role{config.RoleDevice}},
 		{"GET /openapi.json", g.serveOpenAPI, nil},
+		{"POST /{ver}/repository/{model}/load", g.loadModel, []config.Role{config.RoleWorker}},
+		{"POST /{ver}/repository/{model}/unload", g.unloadModel, []config.Role{config.RoleWorker}},
 	}
 }

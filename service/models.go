@@ -16,14 +16,19 @@ import (
 	"github.com/mqttinfer/mqttinfer/inference/onnx/detect"
 	"github.com/mqttinfer/mqttinfer/inference/onnx/ocr"
 	"github.com/mqttinfer/mqttinfer/inference/onnx/vad"
+	"github.com/mqttinfer/mqttinfer/inference/repository"
 	"github.com/mqttinfer/mqttinfer/throttle"
 )
 
-// Models are the built-in models a node serves, with their housekeeping.
+// Models are the models a node serves (the built-in ones and the model
+// repository's), with their housekeeping.
 type Models struct {
 	Registry *inference.Registry
-	runners  []func(context.Context) // eviction loops
-	closers  []func() error
+	// Repository is the model repository, nil without one.
+	Repository *repository.Repository
+	runners    []func(context.Context) // eviction loops, the repository's watcher
+	closers    []func() error
+	changes    chan struct{} // a repository scan changed the catalog
 }
 
 // KnownModels are the names of the built-in models, for config validation:
@@ -35,7 +40,7 @@ func KnownModels() []string { return []string{"anomaly", "chat", "detect", "ocr"
 // models`); when either is missing the node still serves the others, and
 // the catalog lists the missing model as unavailable with the reason.
 func NewModels(cfg config.Config, log *slog.Logger) (*Models, error) {
-	m := &Models{Registry: &inference.Registry{}}
+	m := &Models{Registry: &inference.Registry{}, changes: make(chan struct{}, 1)}
 	a := anomaly.New(anomaly.Config{MaxSeries: cfg.Models.Anomaly.MaxSeries, IdleTTL: cfg.Models.Anomaly.IdleTTL})
 	m.runners = append(m.runners, a.Run)
 	if err := m.Registry.Register(a); err != nil {
@@ -82,6 +87,20 @@ func NewModels(cfg config.Config, log *slog.Logger) (*Models, error) {
 	if err := m.loadChat(cfg.Models.Chat, log); err != nil {
 		return nil, err
 	}
+	if cfg.Models.Repository != "" {
+		if rtErr != nil {
+			log.Warn("the model repository's models are unavailable without ONNX Runtime", "reason", rtErr)
+		}
+		repo, err := repository.Open(repository.Options{Dir: cfg.Models.Repository, Registry: m.Registry, Threads: cfg.Models.Threads,
+			OnChange: m.changed, Log: log.With("component", "repository")})
+		if err != nil {
+			return nil, err
+		}
+		m.Repository = repo
+		m.runners = append(m.runners, func(ctx context.Context) { repo.Watch(ctx, cfg.Models.RepositoryPoll) })
+		m.closers = append(m.closers, func() error { repo.Close(); return nil })
+		log.Info("model repository", "dir", cfg.Models.Repository, "models", repo.Names())
+	}
 	for name, size := range map[string]int{
 		"anomaly": cfg.MQTT.MaxRequestSize,
 		"chat":    cfg.MQTT.MaxRequestSize,
@@ -92,6 +111,26 @@ func NewModels(cfg config.Config, log *slog.Logger) (*Models, error) {
 		m.Registry.SetMaxRequestSize(name, size)
 	}
 	return m, nil
+}
+
+// changed signals that the catalog changed (a repository scan).
+func (m *Models) changed() {
+	select {
+	case m.changes <- struct{}{}:
+	default:
+	}
+}
+
+// Changes delivers a value after the catalog changed.
+func (m *Models) Changes() <-chan struct{} { return m.changes }
+
+// Reload scans the model repository now (SIGHUP); it reports whether
+// anything changed.
+func (m *Models) Reload() bool {
+	if m.Repository == nil {
+		return false
+	}
+	return m.Repository.Scan()
 }
 
 // vadSamples is the most samples a vad request of size bytes can carry as
@@ -216,6 +255,14 @@ func NewThrottle(cfg config.Config, models *inference.Registry) (*throttle.Limit
 		Default: throttle.Limits{Rate: cfg.Throttle.Rate, Burst: cfg.Throttle.Burst, MaxInFlight: cfg.Throttle.MaxInFlight},
 		Costs:   costs,
 		IdleTTL: cfg.Throttle.IdleTTL,
+		// Models that come with the repository later cost what their
+		// catalog entry says.
+		CostOf: func(model string) (int, bool) {
+			if m, ok := models.Get(model); ok {
+				return m.Info().Cost, true
+			}
+			return 0, false
+		},
 	}
 	for _, o := range cfg.Throttle.Overrides {
 		tc.Overrides = append(tc.Overrides, throttle.Override{

@@ -180,8 +180,13 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 				return nil, err
 			}
 		}
+		var repo gateway.Repository
+		if s.models.Repository != nil {
+			repo = s.models.Repository
+		}
 		s.httpSrv = &http.Server{
 			Handler: gateway.New(gateway.Options{
+				Repository:  repo,
 				Gatherer:    s.reg,
 				Ready:       s.readyChecks(),
 				Pool:        s.pool,
@@ -247,6 +252,7 @@ func (s *Service) Start() error {
 		}
 	}
 	s.goRun(func() { s.models.Run(ctx) })
+	s.goRun(func() { s.republishCatalog(ctx) })
 	if s.certs != nil {
 		s.goRun(func() { s.certs.run(ctx) })
 	}
@@ -355,6 +361,24 @@ func (s *Service) publishCatalog() error {
 	}
 	return nil
 }
+
+// republishCatalog publishes the retained catalog again whenever the model
+// repository changed what is served.
+func (s *Service) republishCatalog(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.models.Changes():
+			if err := s.publishCatalog(); err != nil {
+				s.log.Warn("catalog", "error", err)
+			}
+		}
+	}
+}
+
+// Reload scans the model repository now (SIGHUP).
+func (s *Service) Reload() { s.models.Reload() }
 
 func (s *Service) publishStatus(state string) {
 	st := worker.Status{

@@ -94,8 +94,13 @@ type Config struct {
 	// device id applies.
 	Overrides []Override
 	// Costs maps a model name to the tokens one request for it costs (at
-	// least 1). A model that is not listed costs DefaultCost.
+	// least 1). A model that is not listed costs what CostOf says, else
+	// DefaultCost.
 	Costs map[string]int
+	// CostOf, when set, gives the cost of a model Costs does not list (a
+	// model that appeared while the service runs); it must be safe for
+	// concurrent use. A cost it reports is never below 1.
+	CostOf func(model string) (int, bool)
 	// IdleTTL is how long a device must have made no request before it is
 	// evicted; it is evicted only if, in addition, its bucket would be full
 	// by now and it has nothing in flight, so eviction never hands a device
@@ -111,6 +116,7 @@ type profile struct {
 	pattern string // "" for the default
 	limits  Limits // with inherited fields filled in
 	costs   map[string]int
+	costOf  func(string) (int, bool)
 	tracked bool // whether devices of this profile need any state
 }
 
@@ -118,6 +124,11 @@ type profile struct {
 func (p *profile) cost(model string) int {
 	if c, ok := p.costs[model]; ok {
 		return c
+	}
+	if p.costOf != nil {
+		if c, ok := p.costOf(model); ok {
+			return max(c, 1)
+		}
 	}
 	return DefaultCost
 }
@@ -271,6 +282,7 @@ func New(cfg Config) (*Limiter, error) {
 	for i := range profiles {
 		p := &profiles[i]
 		p.tracked = p.limits.rateLimited() || p.limits.MaxInFlight > 0
+		p.costOf = cfg.CostOf
 	}
 	l := &Limiter{
 		profiles: profiles,

@@ -3,6 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -55,7 +58,20 @@ func serveCmd() *cobra.Command {
 				_ = svc.Shutdown(context.Background())
 				return err
 			}
-			<-cmd.Context().Done()
+			// SIGHUP scans the model repository now.
+			hup := make(chan os.Signal, 1)
+			signal.Notify(hup, syscall.SIGHUP)
+			defer signal.Stop(hup)
+		wait:
+			for {
+				select {
+				case <-cmd.Context().Done():
+					break wait
+				case <-hup:
+					log.Info("SIGHUP: scanning the model repository")
+					svc.Reload()
+				}
+			}
 			log.Info("shutting down: finishing accepted requests", "grace", shutdownGrace)
 			ctx, cancel := context.WithTimeout(context.Background(), shutdownGrace)
 			defer cancel()
