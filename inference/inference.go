@@ -229,6 +229,11 @@ func (r *Registry) Catalog() Catalog {
 		m, _ := r.Get(n)
 		info := m.Info()
 		info.MaxRequestSize = r.MaxRequestSize(n)
+		if info.Versions == nil && info.Unavailable == "" {
+			// A model served in one version lists it the same way.
+			info.Versions = []VersionInfo{{Version: info.Version, State: "serving", SharePercent: 100,
+				Checksum: info.Checksum, WarmLatencyMS: info.WarmLatencyMS}}
+		}
 		c.Models = append(c.Models, info)
 	}
 	return c

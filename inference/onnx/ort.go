@@ -91,14 +91,26 @@ func (s *Session) Run(in []Tensor) ([]Tensor, error) {
 		if err := t.check(); err != nil {
 			return nil, fmt.Errorf("input %s: %w", s.inputs[i], err)
 		}
-		var err error
-		if t.I64 != nil {
-			values[i], err = ort.NewTensor(ort.NewShape(t.Shape...), t.I64)
-		} else {
-			values[i], err = ort.NewTensor(ort.NewShape(t.Shape...), t.F32)
+		// onnxruntime_go makes no rank-0 tensors: a scalar goes as one
+		// element of rank 1, which ONNX Runtime takes for a scalar input.
+		shape := ort.NewShape(t.Shape...)
+		if len(shape) == 0 {
+			shape = ort.NewShape(1)
 		}
-		if err != nil {
-			return nil, fmt.Errorf("input %s: %w", s.inputs[i], err)
+		// Only a tensor that was made goes into values (a typed nil
+		// would be destroyed).
+		if t.I64 != nil {
+			v, err := ort.NewTensor(shape, t.I64)
+			if err != nil {
+				return nil, fmt.Errorf("input %s: %w", s.inputs[i], err)
+			}
+			values[i] = v
+		} else {
+			v, err := ort.NewTensor(shape, t.F32)
+			if err != nil {
+				return nil, fmt.Errorf("input %s: %w", s.inputs[i], err)
+			}
+			values[i] = v
 		}
 	}
 	outs := make([]ort.Value, len(s.outputs))

@@ -43,6 +43,10 @@ type Config struct {
 	// none: "latest" (the default), {fixed: "2"}, or {canary: {"1": 90,
 	// "2": 10}} (shares by device, by a stable hash of its id).
 	VersionPolicy Policy `yaml:"version_policy"`
+	// Warmup fills the named inputs of the warm-up inference a version
+	// must pass before it serves with a value instead of 0 (an input the
+	// graph reads as a setting, such as a sample rate).
+	Warmup map[string]float64 `yaml:"warmup"`
 
 	labels []string // read from Labels
 }
@@ -51,7 +55,7 @@ type Config struct {
 type TensorSpec struct {
 	Name  string `yaml:"name"`
 	DType string `yaml:"dtype"`
-	// Shape has -1 for a dynamic dimension.
+	// Shape has -1 for a dynamic dimension; [] (or none) is a scalar.
 	Shape []int64 `yaml:"shape"`
 }
 
@@ -172,15 +176,17 @@ func (c *Config) check() error {
 			if _, ok := dtypes[t.DType]; !ok {
 				bad("%s %q: dtype %q: want one of %s", set.what, t.Name, t.DType, strings.Join(sortVersions(mapsKeys(dtypes)), ", "))
 			}
-			if len(t.Shape) == 0 {
-				bad("%s %q: no shape (use -1 for a dynamic dimension)", set.what, t.Name)
-			}
 			for _, d := range t.Shape {
 				if d == 0 || d < -1 {
 					bad("%s %q: shape %v: dimensions are positive, or -1 for dynamic", set.what, t.Name, t.Shape)
 					break
 				}
 			}
+		}
+	}
+	for name := range c.Warmup {
+		if !slices.ContainsFunc(c.Inputs, func(t TensorSpec) bool { return t.Name == name }) {
+			bad("warmup: %q is not a declared input", name)
 		}
 	}
 	if p := c.Postprocess; p != nil {

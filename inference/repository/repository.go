@@ -347,7 +347,7 @@ func (r *Repository) load(name, ver, path, sum string, cfg *Config, cfgSum strin
 	v := &version{name: name, version: ver, cfg: &vc, session: s, checksum: sum, configSum: cfgSum}
 	v.idle = sync.NewCond(&v.mu)
 	start := time.Now()
-	if _, err := v.run(zeros(vc.Inputs)); err != nil {
+	if _, err := v.run(warmupInputs(vc.Inputs, cfg.Warmup)); err != nil {
 		s.Close()
 		return nil, fmt.Errorf("%s: warm-up inference: %w", ver, err)
 	}
@@ -406,8 +406,9 @@ func describeGraph(ts []onnx.TensorInfo) string {
 	return fmt.Sprint(parts)
 }
 
-// zeros is one zero input per declared input, dynamic dimensions 1.
-func zeros(specs []TensorSpec) []onnx.Tensor {
+// warmupInputs is one input per declared input, dynamic dimensions 1,
+// filled with the model.yaml's warmup value for it, else 0.
+func warmupInputs(specs []TensorSpec, fill map[string]float64) []onnx.Tensor {
 	out := make([]onnx.Tensor, len(specs))
 	for i, s := range specs {
 		shape := make([]int64, len(s.Shape))
@@ -416,10 +417,19 @@ func zeros(specs []TensorSpec) []onnx.Tensor {
 			shape[j] = max(d, 1)
 			n *= shape[j]
 		}
+		v := fill[s.Name]
 		if s.DType == "int64" {
-			out[i] = onnx.Int64(make([]int64, n), shape...)
+			data := make([]int64, n)
+			for k := range data {
+				data[k] = int64(v)
+			}
+			out[i] = onnx.Int64(data, shape...)
 		} else {
-			out[i] = onnx.Float32(make([]float32, n), shape...)
+			data := make([]float32, n)
+			for k := range data {
+				data[k] = float32(v)
+			}
+			out[i] = onnx.Float32(data, shape...)
 		}
 	}
 	return out
