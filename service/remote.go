@@ -116,6 +116,7 @@ func (w *Worker) connectRemote(core *worker.Core) error {
 		DedupTTL:       cfg.Remote.DedupTTL,
 		Throttle:       w.limiter,
 		MaxRequestSize: cfg.MQTT.MaxRequestSize,
+		CatalogChanged: w.models.Changes(),
 		Log:            w.log.With("component", "remote"),
 	})
 	return err

@@ -182,4 +182,3 @@ func rss(b *testing.B) int64 {
 	}
 	return 0
 }
-

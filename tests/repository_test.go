@@ -6,11 +6,15 @@ import (
 	le "encoding/binary"
 	"encoding/json"
 	"fmt"
+	"image"
+	"image/color"
+	pngenc "image/png"
 	"io"
 	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -20,7 +24,9 @@ import (
 
 	"github.com/mqttinfer/mqttinfer/api"
 	"github.com/mqttinfer/mqttinfer/config"
+	"github.com/mqttinfer/mqttinfer/inference"
 	"github.com/mqttinfer/mqttinfer/inference/onnx"
+	"github.com/mqttinfer/mqttinfer/internal/testenv"
 	"github.com/mqttinfer/mqttinfer/mqttclient"
 	"github.com/mqttinfer/mqttinfer/topics"
 )
@@ -456,4 +462,86 @@ func runGraph(t *testing.T, path, in, out string, input map[string]any) float64 
 		t.Fatal(err)
 	}
 	return float64(res[0].F32[0])
+}
+
+// TestRepositoryRemoteWorker: a remote worker on Mosquitto serves its own
+// repository: an image sent as raw bytes in v2 CBOR goes through the
+// model's preprocessing recipe, and a model added to the repository is in
+// the retained catalog the worker publishes again.
+func TestRepositoryRemoteWorker(t *testing.T) {
+	cfg, repo := repoConfig(t)
+	repoFile(t, repo, "camera/model.yaml", `
+description: passes the preprocessed image through
+inputs:  [{name: x, dtype: float32, shape: [1, 3, 2, 4]}]
+outputs: [{name: y, dtype: float32, shape: [1, 3, 2, 4]}]
+preprocess: {image: {width: 4, height: 2, scale: 1}}
+`)
+	repoFile(t, repo, "camera/1/model.onnx", "graph:pass4")
+	m := testenv.StartMosquitto(t, testenv.MosquittoOptions{})
+	cfg.Remote.Broker = m.URL()
+	startWorkers(t, cfg, 1)
+	catalogTopic := topics.Models("mqttinfer", "v1")
+	d := dialDevice(t, m.Addr, "camera-1", mqttclient.V5, catalogTopic)
+
+	// A 4x2 PNG, one colour a pixel.
+	img := image.NewNRGBA(image.Rect(0, 0, 4, 2))
+	for i := range 8 {
+		img.SetNRGBA(i%4, i/4, color.NRGBA{uint8(30 * i), uint8(255 - 30*i), 7, 255})
+	}
+	var png bytes.Buffer
+	if err := pngenc.Encode(&png, img); err != nil {
+		t.Fatal(err)
+	}
+	body, err := cborlib.Marshal(map[string]any{"id": "img-1", "input": map[string]any{"image": png.Bytes()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	if err := d.Publish(ctx, mqttclient.Message{Topic: topics.Request("mqttinfer", "v2", d.id, "camera"), Payload: body, QoS: 1,
+		Properties: mqttclient.Properties{ContentType: api.ContentTypeCBOR}}); err != nil {
+		t.Fatal(err)
+	}
+	var reply struct {
+		Status int `cbor:"status"`
+		Output struct {
+			Outputs []struct {
+				Shape []int64   `cbor:"shape"`
+				Data  []float64 `cbor:"data"`
+			} `cbor:"outputs"`
+		} `cbor:"output"`
+	}
+	for {
+		msg := d.next(t)
+		if msg.Topic == catalogTopic {
+			continue
+		}
+		if err := cborlib.Unmarshal(msg.Payload, &reply); err != nil || reply.Status != 200 || len(reply.Output.Outputs) != 1 {
+			t.Fatalf("%v %+v (%x)", err, reply, msg.Payload)
+		}
+		break
+	}
+	y := reply.Output.Outputs[0]
+	if fmt.Sprint(y.Shape) != "[1 3 2 4]" {
+		t.Fatalf("shape %v", y.Shape)
+	}
+	for i := range 8 {
+		if r, g, b := y.Data[i], y.Data[8+i], y.Data[16+i]; r != float64(30*i) || g != float64(255-30*i) || b != 7 {
+			t.Errorf("pixel %d: %v %v %v", i, r, g, b)
+		}
+	}
+
+	// A model added to the repository shows in the retained catalog.
+	repoFile(t, repo, "affine/model.yaml", affineModelYAML)
+	repoFile(t, repo, "affine/1/model.onnx", "graph:affine2")
+	for {
+		msg := d.next(t)
+		var c inference.Catalog
+		if msg.Topic != catalogTopic || json.Unmarshal(msg.Payload, &c) != nil {
+			continue
+		}
+		if slices.ContainsFunc(c.Models, func(i inference.Info) bool { return i.Name == "affine" && i.Unavailable == "" }) {
+			break
+		}
+	}
 }

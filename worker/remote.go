@@ -96,6 +96,10 @@ type RemoteOptions struct {
 	Throttle *throttle.Limiter
 	// MaxRequestSize is the largest request body, in bytes; larger ones get
 	// 413. 0 means DefaultMaxRequestSize.
+	// CatalogChanged delivers a value when the models changed (a model
+	// repository's reload): the worker publishes its retained catalog
+	// again. nil: the models never change.
+	CatalogChanged <-chan struct{}
 	MaxRequestSize int
 	// DrainTimeout bounds how long shutdown waits for running models
 	// before canceling them (their requests are still answered, 503). 0
@@ -441,6 +445,10 @@ func (s *session) run(ctx context.Context) error {
 			s.apply(s.g.evaluate(time.Now()))
 		case now := <-tick.C:
 			s.heartbeat(now)
+		case <-s.r.opts.CatalogChanged:
+			if err := s.publishCatalog(); err != nil {
+				s.r.log.Warn("publish catalog", "error", err)
+			}
 		case <-leaving:
 			leaving = nil
 			s.r.log.Info("leaving the group: handing the partitions over as their requests finish")

@@ -38,6 +38,7 @@ type Config struct {
 	// Labels names a file in the model's directory with one class label a
 	// line, for the postprocessing's top-k.
 	Labels      string       `yaml:"labels"`
+	Preprocess  *Preprocess  `yaml:"preprocess"`
 	Postprocess *Postprocess `yaml:"postprocess"`
 	// VersionPolicy picks the version that answers a request that pins
 	// none: "latest" (the default), {fixed: "2"}, or {canary: {"1": 90,
@@ -187,6 +188,11 @@ func (c *Config) check() error {
 	for name := range c.Warmup {
 		if !slices.ContainsFunc(c.Inputs, func(t TensorSpec) bool { return t.Name == name }) {
 			bad("warmup: %q is not a declared input", name)
+		}
+	}
+	if c.Preprocess != nil && len(c.Inputs) > 0 {
+		if err := c.Preprocess.check(c.Inputs); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	if p := c.Postprocess; p != nil {

@@ -35,7 +35,7 @@ func (v *version) Info() inference.Info { return v.info }
 
 // Infer runs one request: tensors in, tensors out (postprocessed).
 func (v *version) Infer(ctx context.Context, req inference.Request) (any, error) {
-	in, err := decodeInputs(req.Input, v.cfg.Inputs)
+	in, err := v.cfg.decode(req.Input)
 	if err != nil {
 		return nil, err
 	}
@@ -314,7 +314,35 @@ func (m *model) describe() {
 
 // inputSchema is the JSON Schema of a repository model's input.
 func inputSchema(c *Config) json.RawMessage {
-	return tensorsSchema("inputs", c.Inputs, "Named tensors in the Open Inference Protocol (KServe v2) shape: data flat in row-major order, as numbers or as base64 little-endian bytes. The model takes "+describe(c.Inputs)+".")
+	desc := "Named tensors in the Open Inference Protocol (KServe v2) shape: data flat in row-major order, as numbers or as base64 little-endian bytes. The model takes " + describe(c.Inputs) + "."
+	p := c.Preprocess
+	if p == nil {
+		return tensorsSchema("inputs", c.Inputs, desc)
+	}
+	var tensors map[string]any
+	_ = json.Unmarshal(tensorsSchema("inputs", c.Inputs, desc), &tensors)
+	s := p.input(c.Inputs)
+	props := map[string]any{}
+	var form map[string]any
+	if im := p.Image; im != nil {
+		props["image"] = map[string]any{"type": "string", "contentEncoding": "base64", "description": "A JPEG or PNG, base64 (raw bytes in CBOR on v2)."}
+		form = map[string]any{"type": "object", "required": []string{"image"},
+			"description": fmt.Sprintf("An image, made into input %q: resized (%s) to %dx%d, %s, %s.", s.Name, cmp(im.Resize, "stretch"), im.Width, im.Height, cmp(im.Channels, "RGB"), cmp(im.Layout, "NCHW"))}
+	} else {
+		props["pcm16"] = map[string]any{"type": "string", "contentEncoding": "base64", "description": "int16 little-endian mono samples, base64 (raw bytes in CBOR on v2)."}
+		props["sample_rate"] = map[string]any{"const": p.Audio.SampleRate}
+		form = map[string]any{"type": "object", "required": []string{"pcm16"},
+			"description": fmt.Sprintf("Audio at %d Hz, made into input %q as samples in [-1, 1).", p.Audio.SampleRate, s.Name)}
+	}
+	if len(c.Inputs) > 1 {
+		others := slices.DeleteFunc(slices.Clone(c.Inputs), func(o TensorSpec) bool { return o.Name == s.Name })
+		props["inputs"] = tensorArraySchema(others)
+		form["required"] = append(form["required"].([]string), "inputs")
+	}
+	form["properties"] = props
+	form["additionalProperties"] = false
+	b, _ := json.Marshal(map[string]any{"oneOf": []any{tensors, form}})
+	return b
 }
 
 func outputSchema(c *Config) json.RawMessage {

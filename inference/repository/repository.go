@@ -340,6 +340,11 @@ func (r *Repository) load(name, ver, path, sum string, cfg *Config, cfgSum strin
 	if vc.Outputs, err = match("outputs", cfg.Outputs, gout); err != nil {
 		return nil, fmt.Errorf("%s/%s: %w", ver, WeightsFile, err)
 	}
+	if vc.Preprocess != nil {
+		if err := vc.Preprocess.check(vc.Inputs); err != nil {
+			return nil, fmt.Errorf("%s/%s: %w", ver, WeightsFile, err)
+		}
+	}
 	s, err := onnx.Load(path, names(vc.Inputs), names(vc.Outputs), onnx.SessionOptions{Threads: r.o.Threads})
 	if err != nil {
 		return nil, fmt.Errorf("%s/%s: %w", ver, WeightsFile, err)

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -31,6 +32,44 @@ type wireTensor struct {
 // tensorInput is a repository model's input.
 type tensorInput struct {
 	Inputs []wireTensor `json:"inputs"`
+}
+
+// decode reads a request's input: plain tensors, or the preprocessed
+// form of the model's recipe (with any other tensors in "inputs").
+func (c *Config) decode(raw json.RawMessage) ([]onnx.Tensor, error) {
+	p := c.Preprocess
+	if p == nil {
+		return decodeInputs(raw, c.Inputs)
+	}
+	t, rest, ok, err := p.preprocessed(raw, c.Inputs)
+	if err != nil {
+		return nil, err
+	}
+	if !ok {
+		return decodeInputs(raw, c.Inputs)
+	}
+	s := p.input(c.Inputs)
+	others := slices.DeleteFunc(slices.Clone(c.Inputs), func(o TensorSpec) bool { return o.Name == s.Name })
+	if len(others) == 0 {
+		return []onnx.Tensor{t}, nil
+	}
+	if rest == nil {
+		rest = json.RawMessage(`[]`)
+	}
+	in, err := decodeInputs(json.RawMessage(`{"inputs":`+string(rest)+`}`), others)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]onnx.Tensor, 0, len(c.Inputs))
+	for _, spec := range c.Inputs {
+		if spec.Name == s.Name {
+			out = append(out, t)
+			continue
+		}
+		out = append(out, in[0])
+		in = in[1:]
+	}
+	return out, nil
 }
 
 // decodeInputs reads a request's input into one tensor per declared

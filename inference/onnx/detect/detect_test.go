@@ -237,7 +237,7 @@ func TestInferInvalidInput(t *testing.T) {
 		{`"abc"`, ``, "input"},
 		{string(imageInput(photo(t, "dog.jpg"))), `{"score_threshold":0}`, "params.score_threshold"},
 		{string(imageInput(photo(t, "dog.jpg"))), `{"max_detections":1.5}`, "params.max_detections"},
-		{string(imageInput(big)), ``, "over the limit of 300000"},
+		{string(imageInput(big)), ``, "the limit is 300000"},
 		{string(imageInput(small[:len(small)*2/3])), ``, "truncated"},
 		{string(imageInput(small[:300])), ``, "input.image"}, // cut before the frame header
 	} {

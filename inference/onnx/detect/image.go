@@ -1,16 +1,11 @@
 package detect
 
 import (
-	"bytes"
-	"encoding/base64"
 	"image"
-	"image/jpeg"
-	"image/png"
-	"strings"
 
 	"golang.org/x/image/draw"
 
-	"github.com/mqttinfer/mqttinfer/inference"
+	"github.com/mqttinfer/mqttinfer/inference/media"
 )
 
 // The network's input: 416×416 BGR, normalised with NanoDet's own mean and
@@ -27,60 +22,16 @@ var (
 	std  = [3]float32{57.375, 57.12, 58.395}
 )
 
-// decodeBase64 decodes s as standard base64, padded or not, after an
-// optional "data:image/...;base64," prefix.
+// decodeBase64 decodes input.image: standard or URL-safe base64, padded
+// or not, optionally behind a data URL prefix.
 func decodeBase64(s string) ([]byte, error) {
-	if strings.HasPrefix(s, "data:") {
-		i := strings.Index(s, ";base64,")
-		if i < 0 {
-			return nil, inference.InvalidInput("input.image: a data URL must be base64 (data:image/jpeg;base64,...)")
-		}
-		s = s[i+len(";base64,"):]
-	}
-	b, err := base64.StdEncoding.DecodeString(s)
-	if err != nil {
-		var err2 error
-		if b, err2 = base64.RawStdEncoding.DecodeString(s); err2 != nil {
-			return nil, inference.InvalidInput("input.image is not valid base64 (standard alphabet): %v", err)
-		}
-	}
-	if len(b) == 0 {
-		return nil, inference.InvalidInput("input.image is empty: give a base64 JPEG or PNG image")
-	}
-	return b, nil
+	return media.Base64("input.image", s, "a base64 JPEG or PNG")
 }
 
-// decodeImage decodes a JPEG or PNG image of at most maxPixels pixels. The
-// size comes from the header, before the pixels are decoded, so an
-// oversized image costs nothing.
+// decodeImage decodes a JPEG or PNG image of at most maxPixels pixels (the
+// size checked from the header, before the pixels are decoded).
 func decodeImage(data []byte, maxPixels int) (image.Image, error) {
-	cfg, format, err := image.DecodeConfig(bytes.NewReader(data))
-	if err != nil {
-		return nil, inference.InvalidInput("input.image is not a readable JPEG or PNG image: %v", err)
-	}
-	if format != "jpeg" && format != "png" {
-		return nil, inference.InvalidInput("input.image is a %s image; send JPEG or PNG", format)
-	}
-	if cfg.Width <= 0 || cfg.Height <= 0 {
-		return nil, inference.InvalidInput("input.image has no pixels (%dx%d)", cfg.Width, cfg.Height)
-	}
-	if px := int64(cfg.Width) * int64(cfg.Height); px > int64(maxPixels) {
-		return nil, inference.InvalidInput("input.image is %dx%d = %d pixels, over the limit of %d: scale it down (the model sees %dx%d)",
-			cfg.Width, cfg.Height, px, maxPixels, InputSize, InputSize)
-	}
-	var img image.Image
-	if format == "jpeg" {
-		img, err = jpeg.Decode(bytes.NewReader(data))
-	} else {
-		img, err = png.Decode(bytes.NewReader(data))
-	}
-	if err != nil {
-		return nil, inference.InvalidInput("input.image: the %s data is corrupt or truncated: %v", format, err)
-	}
-	if b := img.Bounds(); b.Dx() != cfg.Width || b.Dy() != cfg.Height {
-		return nil, inference.InvalidInput("input.image: the %s header says %dx%d, the data %dx%d", format, cfg.Width, cfg.Height, b.Dx(), b.Dy())
-	}
-	return img, nil
+	return media.Image("input.image", data, maxPixels)
 }
 
 // letterbox maps between the image and the network's input: the image is

@@ -84,7 +84,7 @@ func TestDecodeInput(t *testing.T) {
 		{`{"image":"` + b64 + `","extra":1}`, nil, `unknown field "extra"`},
 		{`{"image":""}`, nil, "input.image is empty"},
 		{`{"image":"***"}`, nil, "not valid base64"},
-		{`{"image":"data:image/png,abc"}`, nil, "data URL must be base64"},
+		{`{"image":"data:image/png,abc"}`, nil, "data URL without"},
 		{`{"image":"abc`, nil, "input is not valid JSON"},
 	} {
 		got, err := decodeInput(json.RawMessage(tc.raw))
@@ -155,15 +155,15 @@ func TestDecodeImage(t *testing.T) {
 		max  int
 		err  string
 	}{
-		{"one pixel over", pngb, 64*48 - 1, "64x48 = 3072 pixels, over the limit of 3071"},
+		{"one pixel over", pngb, 64*48 - 1, "64x48 = 3072 pixels, the limit is 3071"},
 		// The header alone decides: this PNG has no pixel data at all.
-		{"huge header", hugePNG(100000, 100000), DefaultMaxPixels, "100000x100000 = 10000000000 pixels, over the limit"},
+		{"huge header", hugePNG(100000, 100000), DefaultMaxPixels, "100000x100000 = 10000000000 pixels, the limit is"},
 		{"zero size", hugePNG(0, 5), DefaultMaxPixels, "input.image"},
-		{"gif", gifb.Bytes(), DefaultMaxPixels, "is a gif image; send JPEG or PNG"},
-		{"text", []byte("hello, world"), DefaultMaxPixels, "not a readable JPEG or PNG"},
-		{"truncated jpeg", jpg[:len(jpg)*3/4], DefaultMaxPixels, "the jpeg data is corrupt or truncated"},
-		{"truncated png", pngb[:len(pngb)-20], DefaultMaxPixels, "the png data is corrupt or truncated"},
-		{"header only", hugePNG(10, 10), DefaultMaxPixels, "the png data is corrupt or truncated"},
+		{"gif", gifb.Bytes(), DefaultMaxPixels, "is a gif image; only JPEG and PNG"},
+		{"text", []byte("hello, world"), DefaultMaxPixels, "not a JPEG or PNG image"},
+		{"truncated jpeg", jpg[:len(jpg)*3/4], DefaultMaxPixels, "truncated or corrupt JPEG"},
+		{"truncated png", pngb[:len(pngb)-20], DefaultMaxPixels, "truncated or corrupt PNG"},
+		{"header only", hugePNG(10, 10), DefaultMaxPixels, "truncated or corrupt PNG"},
 	} {
 		_, err := decodeImage(tc.data, tc.max)
 		if !inference.IsInvalidInput(err) || !strings.Contains(err.Error(), tc.err) {

@@ -2,18 +2,14 @@ package ocr
 
 import (
 	"bytes"
-	"encoding/base64"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"image"
 	"image/draw"
-	"image/jpeg"
-	"image/png"
-	"io"
 	"strings"
 
 	"github.com/mqttinfer/mqttinfer/inference"
+	"github.com/mqttinfer/mqttinfer/inference/media"
 )
 
 // decodeInput decodes the request input, {"image": "<base64>"}, into the
@@ -66,81 +62,19 @@ func decodeParams(raw json.RawMessage) error {
 	return nil
 }
 
-// decodeBase64 decodes standard or URL-safe base64, padded or not,
-// optionally behind a data URL prefix ("data:image/png;base64,").
-// Line breaks are ignored (MIME-style wrapped base64).
+// decodeBase64 decodes input.image: standard or URL-safe base64, padded
+// or not, optionally behind a data URL prefix, line breaks ignored.
 func decodeBase64(s string) ([]byte, error) {
-	if strings.HasPrefix(s, "data:") {
-		i := strings.Index(s, ",")
-		if i < 0 || !strings.HasSuffix(s[:i], ";base64") {
-			return nil, inference.InvalidInput("input.image is a data URL without \";base64,\": only base64 data URLs are accepted")
-		}
-		s = s[i+1:]
-	}
-	if s == "" {
-		return nil, inference.InvalidInput("input.image is empty: it must hold a base64 JPEG or PNG")
-	}
-	if strings.ContainsAny(s, "\r\n") {
-		s = strings.Map(func(r rune) rune {
-			if r == '\r' || r == '\n' {
-				return -1
-			}
-			return r
-		}, s)
-	}
-	enc := base64.StdEncoding
-	if strings.ContainsAny(s, "-_") {
-		enc = base64.URLEncoding
-	}
-	if len(s)%4 != 0 && !strings.HasSuffix(s, "=") {
-		enc = enc.WithPadding(base64.NoPadding)
-	}
-	b, err := enc.DecodeString(s)
-	if err != nil {
-		return nil, inference.InvalidInput("input.image is not valid base64: %v", err)
-	}
-	if len(b) == 0 {
-		return nil, inference.InvalidInput("input.image is empty: it must hold a base64 JPEG or PNG")
-	}
-	return b, nil
+	return media.Base64("input.image", s, "a base64 JPEG or PNG")
 }
 
 // decodeImage decodes a JPEG or PNG of at most maxPixels pixels into an
 // opaque RGBA image: pixels with alpha are composited over white, as a
-// display screenshot with a transparent background is read. The size is
-// checked from the header before any pixel is decoded, so an image over the
-// limit costs no more than its header.
+// display screenshot with a transparent background is read.
 func decodeImage(b []byte, maxPixels int) (*image.RGBA, error) {
-	cfg, format, err := image.DecodeConfig(bytes.NewReader(b))
+	img, err := media.Image("input.image", b, maxPixels)
 	if err != nil {
-		if errors.Is(err, image.ErrFormat) {
-			return nil, inference.InvalidInput("input.image is not a JPEG or PNG image (unknown format)")
-		}
-		return nil, inference.InvalidInput("input.image has a corrupt or truncated header: %v", err)
-	}
-	var decode func(io.Reader) (image.Image, error)
-	switch format {
-	case "jpeg":
-		decode = jpeg.Decode
-	case "png":
-		decode = png.Decode
-	default:
-		return nil, inference.InvalidInput("input.image is a %s image; only JPEG and PNG are supported", clip(format))
-	}
-	w, h := int64(cfg.Width), int64(cfg.Height)
-	if w <= 0 || h <= 0 {
-		return nil, inference.InvalidInput("input.image has zero size (%dx%d)", w, h)
-	}
-	if n := w * h; n > int64(maxPixels) {
-		return nil, inference.InvalidInput("input.image: image is %dx%d = %d pixels, the limit is %d", w, h, n, maxPixels)
-	}
-	img, err := decode(bytes.NewReader(b))
-	if err != nil {
-		return nil, inference.InvalidInput("input.image is a truncated or corrupt %s: %v", strings.ToUpper(format), err)
-	}
-	r := img.Bounds()
-	if int64(r.Dx()) != w || int64(r.Dy()) != h {
-		return nil, inference.InvalidInput("input.image decodes to %dx%d, its header says %dx%d", r.Dx(), r.Dy(), w, h)
+		return nil, err
 	}
 	return toRGBA(img), nil
 }

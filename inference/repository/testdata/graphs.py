@@ -5,6 +5,8 @@
   affine3.onnx     y = 3x + 1        x, y: float32 [N, 4]
   classifier.onnx  logits = x W + b  x: float32 [N, 3], logits: float32 [N, 4]
   increment.onnx   y = x + 1         x, y: int64 [N]
+  pass4.onnx       y = x             x, y: float32 [A, B, C, D] (images)
+  gain.onnx        y = x * g         x, y: float32 [N, S]; g: float32 [1] (audio)
 
 Made with Debian's python3-onnx (onnx.helper), so that the tests run real
 graphs whose arithmetic they can check.
@@ -52,3 +54,16 @@ model("increment",
       [helper.make_tensor_value_info("x", TensorProto.INT64, ["N"])],
       [helper.make_tensor_value_info("y", TensorProto.INT64, ["N"])],
       [numpy_helper.from_array(np.array([1], dtype=np.int64), "one")])
+
+model("pass4",
+      [helper.make_node("Mul", ["x", "one"], ["y"])],
+      [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["A", "B", "C", "D"])],
+      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["A", "B", "C", "D"])],
+      [numpy_helper.from_array(np.array([1], dtype=np.float32), "one")])
+
+model("gain",
+      [helper.make_node("Mul", ["x", "g"], ["y"])],
+      [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S"]),
+       helper.make_tensor_value_info("g", TensorProto.FLOAT, [1])],
+      [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "S"])],
+      [])
