@@ -63,6 +63,15 @@ print(f"ratio time to first token relayed over MQTT / straight from the server: 
 print(f"ratio time to first token relayed over SSE / straight from the server: {ttft_sse/direct:.2f}x ({ttft_sse/1e3:.0f} us)")
 PY
 
+echo "== model repository: tensor path against a built-in model, and a reload"
+{ go test -run '^$' -bench 'TensorPath' -benchtime 2000x ./tests/; go test -run '^$' -bench 'RepositoryReload' -benchtime 10x ./tests/; } | tee "$work/repo.txt" | grep ^Benchmark
+rns() { awk -v n="$1" '$1 ~ n {print $3}' "$work/repo.txt" | head -1; }
+python3 - "$(rns TensorPath/graph)" "$(rns TensorPath/builtin)" "$(rns TensorPath/repository)" <<'PY'
+import sys
+graph, builtin, repo = map(float, sys.argv[1:])
+print(f"ratio repository tensor path / built-in vad, one 32 ms frame: {repo/builtin:.2f}x ({repo/1e3:.0f} us vs {builtin/1e3:.0f} us; the graph alone {graph/1e3:.0f} us)")
+PY
+
 echo "== round trips at QoS 1 (anomaly model, $DUR each)"
 p=$(freeport); h=$(freeport); pid=$(serve "$p" "$h"); pids+=("$pid"); waitport "$p"
 # Offered load: 12,000 requests/s in all, near what this 2-core machine
