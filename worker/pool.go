@@ -317,3 +317,11 @@ func (p *Pool) handle(tk *task) {
 		tk.Settle(share)
 	}
 }
+
+// Held counts the per-device structures of the pool: lanes (a device and
+// model with requests queued behind a running one) and running requests.
+func (p *Pool) Held() (lanes, running int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.lanes), len(p.running)
+}
