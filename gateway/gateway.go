@@ -12,6 +12,18 @@
 //	                                  or Server-Sent Events for a stream
 //	GET  /openapi.json                the OpenAPI 3.0 description of all routes
 //
+// With Options.Fleet, the live fleet view (observers and workers only, with
+// auth on) and the dashboard that draws it:
+//
+//	GET  /fleet                           fleet.Snapshot: devices, models' rate and latency, workers
+//	GET  /fleet/devices/{device}/results  a device's recent results, newest first
+//	GET  /fleet/anomalies                 the recent anomalies, newest first
+//	GET  /fleet/events                    Server-Sent Events of the view as it changes
+//	GET  /                                the dashboard (package dashboard); it asks for a login
+//
+// With Options.MCP, the Model Context Protocol (streamable HTTP) at /mcp,
+// for any user with auth on; its tools call the routes above as that user.
+//
 // The HTTP status of an inference answer is the status of its api.Result
 // (499 included, for a request whose client went away). A request asks for
 // a stream with Accept: text/event-stream, ?stream=true or "stream": true;
@@ -36,6 +48,7 @@
 package gateway
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"log/slog"
@@ -44,6 +57,8 @@ import (
 	"time"
 
 	"github.com/mqttinfer/mqttinfer/config"
+	"github.com/mqttinfer/mqttinfer/dashboard"
+	"github.com/mqttinfer/mqttinfer/fleet"
 	"github.com/mqttinfer/mqttinfer/inference"
 	"github.com/mqttinfer/mqttinfer/metrics"
 	"github.com/mqttinfer/mqttinfer/throttle"
@@ -100,6 +115,15 @@ type Options struct {
 	Repository Repository
 	// Pprof serves Go's profiler under /debug/pprof/.
 	Pprof bool
+	// Fleet, when set, is the live view served under /fleet (to observers
+	// and workers with auth on) and drawn by the dashboard at /.
+	Fleet *fleet.Fleet
+	// FleetInterval is how often /fleet/events sends a changed view; 0
+	// means DefaultFleetInterval.
+	FleetInterval time.Duration
+	// MCP, when set, makes the handler of /mcp (any user with auth on) from
+	// the gateway's own handler, which its tools call (mcpserver.Local).
+	MCP func(gateway http.Handler) http.Handler
 	// Log receives failures to answer, and refused logins at INFO
 	// (rate-limited: config.LoginLog); nil discards them.
 	Log *slog.Logger
@@ -113,8 +137,15 @@ func New(opts Options) http.Handler {
 	handleOperations(mux, opts.Gatherer, opts.Ready, opts.Pprof, func(h http.Handler) http.Handler {
 		return g.authorize(h, config.RoleObserver, config.RoleWorker)
 	})
-	for _, rt := range g.routes() {
+	for _, rt := range append(g.routes(), g.fleetRoutes()...) {
 		mux.Handle(rt.pattern, g.authorize(rt.handler, rt.roles...))
+	}
+	if opts.Fleet != nil {
+		// The page holds no data: it asks for a login and reads /fleet/events.
+		dashboard.Register(mux)
+	}
+	if opts.MCP != nil {
+		mux.Handle("/mcp", g.authorize(opts.MCP(mux)))
 	}
 	return mux
 }
@@ -182,6 +213,9 @@ type gateway struct {
 	log        *slog.Logger
 	openapi    []byte
 	repo       Repository
+	fleet      *fleet.Fleet
+	// fleetInterval is Options.FleetInterval or its default.
+	fleetInterval time.Duration
 }
 
 func newGateway(opts Options) *gateway {
@@ -197,7 +231,9 @@ func newGateway(opts Options) *gateway {
 		log:        opts.Log,
 		openapi:    openAPIDocument(),
 		repo:       opts.Repository,
+		fleet:      opts.Fleet,
 	}
+	g.fleetInterval = cmp.Or(opts.FleetInterval, DefaultFleetInterval)
 	if g.models == nil && g.pool != nil {
 		g.models = g.pool.Core().Models
 	}

@@ -10,14 +10,13 @@ import (
 	"github.com/mqttinfer/mqttinfer/journal"
 	"github.com/mqttinfer/mqttinfer/pipeline"
 	"github.com/mqttinfer/mqttinfer/topics"
-	"github.com/mqttinfer/mqttinfer/worker"
 )
 
 // journaling is the broker's dispatcher when storage is on: it writes each
 // accepted request to the journal before handing it to the pool (the
 // broker PUBACKs it only then) and forgets it once it has been answered.
 type journaling struct {
-	pool *worker.Pool
+	pool dispatcher // the in-process pool (observed)
 	j    *journal.Journal
 	log  *slog.Logger
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/mqttinfer/mqttinfer/broker"
 	"github.com/mqttinfer/mqttinfer/cluster"
 	"github.com/mqttinfer/mqttinfer/config"
+	"github.com/mqttinfer/mqttinfer/fleet"
 	"github.com/mqttinfer/mqttinfer/gateway"
 	"github.com/mqttinfer/mqttinfer/inference"
 	"github.com/mqttinfer/mqttinfer/journal"
@@ -53,6 +54,7 @@ type Service struct {
 	edge     *cluster.Edge     // the broker's dispatcher in a cluster, nil outside one
 	nc       *nats.Conn        // the cluster's connection, nil outside one
 	metrics  *metrics.Metrics
+	fleet    *fleet.Fleet // the live view of the devices (dashboard, MCP)
 	broker   *broker.Broker
 	pool     *worker.Pool // MQTT requests when worker.in_process is on; HTTP requests always
 	httpSrv  *http.Server
@@ -81,6 +83,7 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 			return nil, err
 		}
 	}
+	s.fleet = fleet.New(fleet.Options{Throttle: s.limiter, Workers: s.fleetWorkers})
 	core := &worker.Core{
 		Models:          s.models.Registry,
 		DefaultDeadline: cfg.Worker.DefaultDeadline,
@@ -134,7 +137,7 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 	s.pool = worker.NewPool(core, cfg.Worker.PoolSize(), cfg.Worker.QueueSize)
 	s.pool.Transport = "http"
 	if cfg.Worker.InProcess {
-		opts.Dispatcher = s.pool
+		opts.Dispatcher = observed{s}
 		s.pool.Transport = "in_process"
 	}
 	if cfg.Storage.Dir != "" {
@@ -144,7 +147,7 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 			if err != nil {
 				return nil, err
 			}
-			s.journal = &journaling{pool: s.pool, j: j, log: log.With("component", "journal")}
+			s.journal = &journaling{pool: observed{s}, j: j, log: log.With("component", "journal")}
 			opts.Dispatcher = s.journal
 		}
 	}
@@ -153,6 +156,10 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 			s.closeJournal()
 			return nil, err
 		}
+	}
+	opts.Sessions = s.fleet
+	if s.edge != nil {
+		opts.Sessions = sessions{s.edge, s.fleet}
 	}
 	if s.broker, err = broker.New(opts); err != nil {
 		s.closeJournal()
@@ -196,6 +203,8 @@ func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 				Metrics:     m,
 				MaxBodySize: cfg.MQTT.MaxRequestSize,
 				Pprof:       cfg.HTTP.Pprof,
+				Fleet:       s.fleet,
+				MCP:         mcpHandler(log.With("component", "mcp")),
 				Log:         log.With("component", "gateway"),
 			}),
 			ReadHeaderTimeout: 10 * time.Second,
@@ -252,6 +261,7 @@ func (s *Service) Start() error {
 		}
 	}
 	s.goRun(func() { s.models.Run(ctx) })
+	s.goRun(func() { s.fleet.Run(ctx) })
 	s.goRun(func() { s.republishCatalog(ctx) })
 	if s.certs != nil {
 		s.goRun(func() { s.certs.run(ctx) })

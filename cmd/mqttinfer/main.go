@@ -7,6 +7,7 @@
 //	mqttinfer watch    result traffic, readably
 //	mqttinfer models   the model catalog
 //	mqttinfer chat     ask the chat model, answer streamed over MQTT
+//	mqttinfer mcp      the Model Context Protocol on stdio, for LLM hosts
 //	mqttinfer passwd   add or change a user of the credentials file
 //	mqttinfer version  the version
 package main
@@ -20,6 +21,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/mqttinfer/mqttinfer/mcpserver"
 	"github.com/mqttinfer/mqttinfer/service"
 )
 
@@ -28,6 +30,7 @@ var version = "dev"
 
 func main() {
 	service.Version = version
+	mcpserver.Version = version
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	if err := rootCmd().ExecuteContext(ctx); err != nil {
@@ -45,7 +48,7 @@ func rootCmd() *cobra.Command {
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
-	root.AddCommand(serveCmd(), workerCmd(), natsCmd(), simCmd(), watchCmd(), modelsCmd(), chatCmd(), passwdCmd(), versionCmd())
+	root.AddCommand(serveCmd(), workerCmd(), natsCmd(), simCmd(), watchCmd(), modelsCmd(), chatCmd(), mcpCmd(), passwdCmd(), versionCmd())
 	return root
 }
 
