@@ -8,9 +8,10 @@
 #   python3-skimage    a real scanned page, skimage/data/page.png (ocr model)
 #   fonts-dejavu-core  a TrueType font to render meter readings with known text (ocr model)
 #   python3-onnx, python3-numpy  build the small ONNX graphs the model repository tests serve
+#   chromium           a headless browser that drives the dashboard (tests/dashboard_test.go, chromedp)
 # Runs as root (CI) or through sudo when available.
 set -euo pipefail
-pkgs=(mosquitto mosquitto-clients python3-statsmodels espeak-ng sox darknet python3-skimage fonts-dejavu-core python3-onnx python3-numpy)
+pkgs=(mosquitto mosquitto-clients python3-statsmodels espeak-ng sox darknet python3-skimage fonts-dejavu-core python3-onnx python3-numpy chromium)
 missing=()
 for p in "${pkgs[@]}"; do
 	dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
