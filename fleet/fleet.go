@@ -27,7 +27,7 @@ import (
 
 // Defaults of Options' zero fields.
 const (
-	DefaultResults    = 16
+	DefaultResults    = 8
 	DefaultAnomalies  = 64
 	DefaultMaxDevices = 10000
 	DefaultWindow     = 10 * time.Second
@@ -298,17 +298,19 @@ func (f *Fleet) Len() int {
 	return len(f.devices)
 }
 
-// ring is a bounded list that drops its oldest entry when full.
+// ring is a bounded list that drops its oldest entry when full. It grows
+// as entries come (a device that sent one request holds one), up to size.
 type ring[T any] struct {
 	buf  []T
+	size int
 	next int
 	full bool
 }
 
-func newRing[T any](n int) ring[T] { return ring[T]{buf: make([]T, 0, n)} }
+func newRing[T any](n int) ring[T] { return ring[T]{size: n} }
 
 func (r *ring[T]) push(v T) {
-	if len(r.buf) < cap(r.buf) {
+	if len(r.buf) < r.size {
 		r.buf = append(r.buf, v)
 		return
 	}

@@ -98,10 +98,16 @@ func (l *Websocket) handler(w http.ResponseWriter, r *http.Request) {
 	}
 	defer c.Close()
 
-	err = l.establish(l.id, &wsConn{Conn: c.UnderlyingConn(), c: c})
+	wc := &wsConn{Conn: c.UnderlyingConn(), c: c, closed: make(chan struct{})}
+	err = l.establish(l.id, wc)
 	if err != nil {
 		l.log.Warn("", "error", err)
+		return
 	}
+	// mqttinfer patch: establish returns once the client is connected (its
+	// read loop goes on in a goroutine of its own); the HTTP handler must
+	// not return, closing the connection, before the client is done.
+	<-wc.closed
 }
 
 // Serve starts waiting for new Websocket connections, and calls the connection
@@ -140,6 +146,9 @@ func (l *Websocket) Close(closeClients CloseFn) {
 type wsConn struct {
 	net.Conn
 	c *websocket.Conn
+
+	closed    chan struct{} // closed by Close (mqttinfer patch)
+	closeOnce sync.Once
 
 	// reader for the current message (can be nil)
 	r io.Reader
@@ -199,5 +208,8 @@ func (ws *wsConn) Write(p []byte) (int, error) {
 
 // Close signals the underlying websocket conn to close.
 func (ws *wsConn) Close() error {
+	if ws.closed != nil {
+		ws.closeOnce.Do(func() { close(ws.closed) })
+	}
 	return ws.Conn.Close()
 }
