@@ -34,6 +34,9 @@ type Report struct {
 	ConnectError    string `json:"connect_error,omitempty"` // the first connect error, as a sample
 	ConnectionsLost int    `json:"connections_lost"`        // devices whose connection dropped during the run
 	Failovers       int    `json:"failovers"`               // reconnections to another broker of the list
+	// Resent counts requests published again after a failover because
+	// the broker that went away had not acknowledged them.
+	Resent int `json:"resent"`
 
 	// Requests.
 	Sent      int            `json:"sent"`
@@ -58,6 +61,12 @@ type Report struct {
 	RoundTripsPerSec float64 `json:"round_trips_per_sec"`
 	// Latency is the round trip, publish to reply, over answered requests.
 	Latency Latency `json:"latency"`
+	// CPU is the simulator's own CPU time (user + system, all its
+	// threads) over the sending phase and the drain, in seconds, and
+	// CPUPerRequestUS that over the answered requests: beside the
+	// service's, it says which side of a benchmark was saturated.
+	CPU             float64 `json:"sim_cpu_s"`
+	CPUPerRequestUS float64 `json:"sim_cpu_per_request_us"`
 	// Interrupted is true when the context ended the run early: there was no
 	// drain, and Lost includes requests that were still in flight.
 	Interrupted bool `json:"interrupted"`
@@ -181,6 +190,9 @@ func (r Report) WriteTo(w io.Writer) (int64, error) {
 	if r.Failovers > 0 {
 		fmt.Fprintf(&b, ", %d moved to another broker", r.Failovers)
 	}
+	if r.Resent > 0 {
+		fmt.Fprintf(&b, ", %d unacknowledged requests sent again", r.Resent)
+	}
 	b.WriteString("\n")
 	fmt.Fprintf(&b, "  elapsed      %s\n", r.Elapsed.Round(time.Millisecond))
 	fmt.Fprintf(&b, "  sent         %d\n", r.Sent)
@@ -201,6 +213,7 @@ func (r Report) WriteTo(w io.Writer) (int64, error) {
 		fmt.Fprintf(&b, "  unmatched    %d replies, %d publishes refused by the client\n", r.Unmatched, r.PublishErrors)
 	}
 	fmt.Fprintf(&b, "  round trips  %.1f/s\n", r.RoundTripsPerSec)
+	fmt.Fprintf(&b, "  sim CPU      %.2f s, %.1f us per answered request\n", r.CPU, r.CPUPerRequestUS)
 	l := r.Latency
 	if l.Count > 0 {
 		fmt.Fprintf(&b, "  latency      p50 %s  p90 %s  p99 %s  max %s  (mean %s, n=%d)\n",

@@ -21,6 +21,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -106,6 +107,19 @@ type Options struct {
 	ConnectConcurrency int
 	// ConnectTimeout bounds each device's CONNECT (default 10 s).
 	ConnectTimeout time.Duration
+	// Lean runs every device on a lean MQTT 3.1.1 connection (packets
+	// encoded with mochi's packets package, one reader goroutine each) and
+	// paces all of them from a few shared sender goroutines, instead of a
+	// paho client and a sender goroutine per device: for thousands of
+	// devices, so that the simulator is not what limits a benchmark. It
+	// dials tcp://, ssl:// and unix:// brokers, and has no failover.
+	Lean bool
+	// ClosedLoop makes each device keep one request outstanding: it sends
+	// the next as soon as the last is answered, and Rate is ignored. The
+	// round trips per second of such a run are the service's peak for
+	// that many devices (each device waits for its reply, so a saturated
+	// service slows the senders instead of queueing their requests).
+	ClosedLoop bool
 	// Logger gets connection problems, and synthetic inputs standing in for
 	// missing data, at Warn level; nil = discard.
 	Logger *slog.Logger
@@ -146,6 +160,11 @@ func (o *Options) setDefaults() {
 	o.ConnectTimeout = cmp.Or(o.ConnectTimeout, defaultConnectTimeout)
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Lean {
+		// One connection each, no failover: the devices are spread
+		// over the brokers of the list all the same.
+		o.ConnectConcurrency = max(o.ConnectConcurrency, 64)
 	}
 	if o.Seed == 0 {
 		o.Seed = rand.Int64()
@@ -198,7 +217,7 @@ type run struct {
 
 	sent, ok, throttled, unmatched, publishErrors atomic.Int64
 	answered                                      atomic.Int64
-	connLost, failovers                           atomic.Int64
+	connLost, failovers, resent                   atomic.Int64
 
 	brokers []string // opts.Broker, split
 
@@ -272,7 +291,7 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 	}
 	rep.Connected = len(live)
 	disconnectAll := func() {
-		forEach(live, opts.ConnectConcurrency, func(d *device) { d.client.Disconnect(disconnectQuiesce) })
+		forEach(live, opts.ConnectConcurrency, func(d *device) { d.client.disconnect() })
 	}
 	if err := ctx.Err(); err != nil {
 		disconnectAll()
@@ -286,9 +305,21 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 	// Send.
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
+	cpu0 := processCPU()
 	r.start = time.Now()
-	for _, d := range live {
-		wg.Go(func() { d.send(stop) })
+	if opts.Lean && !opts.ClosedLoop {
+		senders := min(runtime.GOMAXPROCS(0), len(live))
+		for i := range senders {
+			var mine []*device
+			for j := i; j < len(live); j += senders {
+				mine = append(mine, live[j])
+			}
+			wg.Go(func() { schedule(mine, stop) })
+		}
+	} else {
+		for _, d := range live {
+			wg.Go(func() { d.send(stop) })
+		}
 	}
 	sendersDone := make(chan struct{})
 	go func() { wg.Wait(); close(sendersDone) }()
@@ -314,6 +345,7 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 		r.drain(ctx, opts.Drain)
 	}
 	interrupted := ctx.Err() != nil
+	rep.CPU = (processCPU() - cpu0).Seconds()
 
 	// Stop the devices before reading their state: once Disconnect returns,
 	// paho delivers no more replies.
@@ -328,12 +360,16 @@ func Run(ctx context.Context, opts Options) (Report, error) {
 	rep.PublishErrors = int(r.publishErrors.Load())
 	rep.ConnectionsLost = int(r.connLost.Load())
 	rep.Failovers = int(r.failovers.Load())
+	rep.Resent = int(r.resent.Load())
 	r.mu.Lock()
 	rep.Errors = r.errors
 	r.mu.Unlock()
 	rep.Latency = r.hist.latency()
 	if s := rep.Elapsed.Seconds(); s > 0 {
 		rep.RoundTripsPerSec = float64(rep.Answered()) / s
+	}
+	if n := rep.Answered(); n > 0 {
+		rep.CPUPerRequestUS = 1e6 * rep.CPU / float64(n)
 	}
 	if interrupted {
 		rep.Interrupted = true

@@ -49,7 +49,15 @@ func checkSum(t *testing.T, rep Report) {
 	}
 }
 
+// TestRunCountsEveryOutcome runs with paho clients and with lean ones:
+// the counts, the latencies and retry_after are the same contract.
 func TestRunCountsEveryOutcome(t *testing.T) {
+	for _, lean := range []bool{false, true} {
+		t.Run(map[bool]string{false: "paho", true: "lean"}[lean], func(t *testing.T) { runCountsEveryOutcome(t, lean) })
+	}
+}
+
+func runCountsEveryOutcome(t *testing.T, lean bool) {
 	b := startBroker(t)
 	const throttled = "sim-0002"
 	const retryMS = 50
@@ -60,7 +68,7 @@ func TestRunCountsEveryOutcome(t *testing.T) {
 	opts := Options{
 		Broker: b.addr, IDPrefix: "sim-", Devices: 3, Rate: 50, Requests: 25, QoS: 1,
 		Duration: time.Minute, Drain: time.Second, Seed: 7,
-		Progress: &progress, trace: tr.add,
+		Progress: &progress, trace: tr.add, Lean: lean,
 	}
 	rep, err := Run(t.Context(), opts)
 	if err != nil {
@@ -102,8 +110,8 @@ func TestRunCountsEveryOutcome(t *testing.T) {
 	if !(0 < l.Min && l.Min <= l.P50 && l.P50 <= l.P90 && l.P90 <= l.P99 && l.P99 <= l.Max && l.Min <= l.Mean && l.Mean <= l.Max) {
 		t.Errorf("latency out of order: %+v", l)
 	}
-	if rep.Elapsed <= 0 || rep.RoundTripsPerSec <= 0 {
-		t.Errorf("elapsed %s, round trips %g/s", rep.Elapsed, rep.RoundTripsPerSec)
+	if rep.Elapsed <= 0 || rep.RoundTripsPerSec <= 0 || rep.CPU <= 0 || rep.CPUPerRequestUS <= 0 {
+		t.Errorf("elapsed %s, round trips %g/s, sim CPU %g s (%g us a request)", rep.Elapsed, rep.RoundTripsPerSec, rep.CPU, rep.CPUPerRequestUS)
 	}
 
 	checkRetryAfter(t, tr.snapshot(), events, throttled, retryMS*time.Millisecond)
@@ -287,5 +295,38 @@ func TestReportJSONRoundTrip(t *testing.T) {
 		if !strings.Contains(rep.String(), want) {
 			t.Errorf("report lacks %q:\n%s", want, rep)
 		}
+	}
+}
+
+// TestRunClosedLoop: each device keeps one request outstanding, whatever
+// the rate, with paho clients and with lean ones.
+func TestRunClosedLoop(t *testing.T) {
+	for _, lean := range []bool{false, true} {
+		t.Run(map[bool]string{false: "paho", true: "lean"}[lean], func(t *testing.T) {
+			b := startBroker(t)
+			startResponder(t, b, "mqttinfer", "sim-0002", 20)
+			tr := &tracer{}
+			// 19 requests each: the responder drops every 20th, which
+			// would stall a closed-loop device until the run ends.
+			rep, err := Run(t.Context(), Options{Broker: b.addr, IDPrefix: "sim-", Devices: 3, Rate: 0.001, Requests: 19, QoS: 1,
+				Duration: time.Minute, Drain: time.Second, ClosedLoop: true, Lean: lean, trace: tr.add})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if rep.Sent != 57 || rep.Lost != 0 || rep.Answered() != 57 {
+				t.Fatalf("%s", rep)
+			}
+			checkSum(t, rep)
+			outstanding := map[string]int{}
+			for _, e := range tr.snapshot() {
+				if e.Reply {
+					outstanding[e.Device]--
+					continue
+				}
+				if outstanding[e.Device]++; outstanding[e.Device] > 1 {
+					t.Fatalf("%s sent %s with another request outstanding", e.Device, e.ID)
+				}
+			}
+		})
 	}
 }

@@ -59,6 +59,8 @@ func simCmd() *cobra.Command {
 	f.DurationVar(&o.Drain, "drain", 5*time.Second, "how long to wait for outstanding replies at the end")
 	f.Int64Var(&o.Seed, "seed", 0, "seed of inputs and schedule (0 = random)")
 	f.IntVar(&o.ConnectConcurrency, "connect-concurrency", devicesim.DefaultConnectConcurrency, "devices connecting at once")
+	f.BoolVar(&o.ClosedLoop, "closed-loop", false, "each device keeps one request outstanding, sending the next when the last is answered (--rate is ignored): the peak round trips for that many devices")
+	f.BoolVar(&o.Lean, "lean", false, "lean clients for thousands of devices: one small connection each, paced by a few shared senders (tcp, ssl and unix brokers; no failover)")
 	f.DurationVar(&o.Inputs.AudioChunk, "chunk", 0, "vad: audio per request (default 500ms)")
 	f.IntVar(&o.Inputs.FrameSize, "frame-size", 0, "detect: long side of camera frames in pixels (default 640)")
 	f.IntVar(&o.Inputs.OCRWidth, "ocr-width", 0, "ocr: display image width in pixels (default: each device picks 320..640)")
