@@ -178,6 +178,30 @@ func (h *authHook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 	}
 }
 
+// WorkerWritesPending is the outbound queue of a remote worker's
+// connection, in messages. Every worker receives every request, and the
+// broker drops what a full queue cannot take, so a worker's queue is far
+// deeper than a device's (mqtt.max_client_writes_pending): a device's costs
+// every device memory, a worker's a few.
+const WorkerWritesPending = 8192
+
+// writesPending sizes a client's outbound queue once it has logged in: a
+// worker (its role with auth on; in open mode, a client id of the remote
+// workers' default form, "<prefix>-worker-<random>") gets WorkerWritesPending,
+// anyone else the default.
+func (h *authHook) writesPending(cl *mqtt.Client) int {
+	if h.auth == nil {
+		if strings.Contains(cl.ID, "-worker-") {
+			return WorkerWritesPending
+		}
+		return 0
+	}
+	if c, ok := h.auth.Lookup(string(cl.Properties.Username)); ok && c.Role == RoleWorker {
+		return WorkerWritesPending
+	}
+	return 0
+}
+
 // OnClientExpired forgets a persistent session that expired.
 func (h *authHook) OnClientExpired(cl *mqtt.Client) { h.release(cl) }
 

@@ -154,17 +154,18 @@ func New(opts Options) (*Broker, error) {
 	caps.Compatibilities.NoInheritedPropertiesOnAck = true
 	caps.Compatibilities.PassiveClientDisconnect = true
 
-	srv := mqtt.New(&mqtt.Options{
-		Capabilities: caps,
-		InlineClient: true,
-		Logger:       quietLogger(opts.Log.With("lib", "mochi")),
-	})
-	b := &Broker{opts: opts, srv: srv, log: opts.Log, closed: make(chan struct{})}
-
 	auth, err := newAuthHook(opts.Prefix, opts.Credentials)
 	if err != nil {
 		return nil, err
 	}
+	srv := mqtt.New(&mqtt.Options{
+		Capabilities:        caps,
+		InlineClient:        true,
+		Logger:              quietLogger(opts.Log.With("lib", "mochi")),
+		ClientWritesPending: func(cl *mqtt.Client) int { return auth.writesPending(cl) },
+	})
+	b := &Broker{opts: opts, srv: srv, log: opts.Log, closed: make(chan struct{})}
+
 	auth.certMode = opts.CertIdentity
 	b.reqs = newRequestHook(b, auth)
 	maxKA := uint16(0)
@@ -321,6 +322,36 @@ func (b *Broker) Clients() int {
 		}
 	}
 	return n
+}
+
+// queueMargin is how much room a worker's outbound queue must have for the
+// broker to hand it one more request: the publishers that checked it at
+// the same moment (one per core, at most a few) all fit.
+const queueMargin = 32
+
+// workerQueues counts the clients subscribed to a request topic (the
+// remote workers; every one of them receives every request), and names
+// one whose outbound queue is too full to take another: mochi would drop
+// the request on its way there.
+func (b *Broker) workerQueues(topic string) (workers int, full string) {
+	subs := b.srv.Topics.Subscribers(topic)
+	check := func(id string) {
+		workers++
+		if cl, ok := b.srv.Clients.Get(id); ok && full == "" {
+			if n, c := cl.WritesPending(); n > c-min(queueMargin, c/2) {
+				full = id
+			}
+		}
+	}
+	for id := range subs.Subscriptions {
+		check(id)
+	}
+	for _, members := range subs.Shared {
+		for id := range members {
+			check(id)
+		}
+	}
+	return workers + len(subs.InlineSubscriptions), full
 }
 
 // HasSubscribers reports whether any client or the service itself is

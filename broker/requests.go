@@ -187,9 +187,15 @@ func (h *requestHook) handOff(in *inbound) (packets.Packet, error) {
 	// Remote workers: the broker cannot see when they finish, so the
 	// in-flight slot is released now and only the rate applies.
 	r.Done()
-	if !h.b.HasSubscribers(in.pk.TopicName) {
+	switch workers, full := h.b.workerQueues(in.pk.TopicName); {
+	case workers == 0:
 		r.Refund()
 		return h.reject(in, api.Errorf(api.ModelUnavailable, "no worker is serving requests: none is subscribed to %s", topics.RequestFilter(h.b.opts.Prefix)))
+	case full != "":
+		// The broker would drop the request on its way to that worker:
+		// refused here instead, so that the device knows and retries.
+		r.Refund()
+		return h.reject(in, api.Errorf(api.Overloaded, "the workers are behind: worker %s has %d requests queued", full, h.b.opts.MaxClientWritesPending))
 	}
 	// The workers answer on the response topic the request carries: only
 	// a vetted one goes on (a device must not make a worker publish into

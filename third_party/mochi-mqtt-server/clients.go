@@ -206,6 +206,14 @@ func (cl *Client) WriteLoop() {
 	}
 }
 
+// WritesPending returns how many packets wait in the client's outbound
+// queue, and how many it holds: a publish to a client whose queue is full
+// is dropped (mqttinfer patch: so that a hook can refuse a message it
+// cannot deliver instead).
+func (cl *Client) WritesPending() (n, capacity int) {
+	return int(atomic.LoadInt32(&cl.State.outboundQty)), cap(cl.State.outbound)
+}
+
 // ParseConnect parses the connect parameters and properties for a client.
 func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 	cl.Net.Listener = lid

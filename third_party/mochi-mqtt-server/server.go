@@ -112,6 +112,13 @@ type Options struct {
 	// ClientNetReadBufferSize specifies the size of the client *bufio.Reader read buffer.
 	ClientNetReadBufferSize int `yaml:"client_net_read_buffer_size" json:"client_net_read_buffer_size"`
 
+	// ClientWritesPending, when set, sizes a client's outbound queue once
+	// it has authenticated, instead of Capabilities.MaximumClientWritesPending
+	// (0 keeps that): a client that receives far more than others (a
+	// worker that takes every request) can have a deeper queue without
+	// every client paying for it (mqttinfer patch).
+	ClientWritesPending func(cl *Client) int `yaml:"-" json:"-"`
+
 	// Logger specifies a custom configured implementation of log/slog to override
 	// the servers default logger configuration. If you wish to change the log level,
 	// of the default logger, you can do so by setting:
@@ -413,8 +420,6 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 		}
 	}()
 
-	go cl.WriteLoop()
-
 	pk, err := s.readConnectionPacket(cl)
 	if err != nil {
 		return fmt.Errorf("read connection: %w", err)
@@ -453,6 +458,16 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 
 		return packets.ErrBadUsernameOrPassword
 	}
+
+	// mqttinfer patch: the outbound queue may be sized for this client,
+	// before the write loop starts reading it (nothing is queued before:
+	// the CONNACKs above are written directly).
+	if f := s.Options.ClientWritesPending; f != nil {
+		if n := f(cl); n > 0 && n != cap(cl.State.outbound) {
+			cl.State.outbound = make(chan *packets.Packet, n)
+		}
+	}
+	go cl.WriteLoop()
 
 	atomic.AddInt64(&s.Info.ClientsConnected, 1)
 	defer func() {
