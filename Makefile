@@ -39,9 +39,9 @@ test: testdeps models
 test-short: testdeps models
 	$(GO) test -count=1 ./...
 
-## bench: Go benchmarks, then the device simulator against the embedded service
+## bench: Go benchmarks, then the device simulator against the service (BENCH_QUICK=1: the scale section alone, about a minute)
 bench: build testdeps models
-	$(GO) test -run '^$$' -bench . -benchmem -count 1 ./throttle/ ./inference/... ./api/ ./topics/
+	$(if $(BENCH_QUICK),,$(GO) test -run '^$$' -bench . -benchmem -count 1 ./throttle/ ./inference/... ./api/ ./topics/)
 	./scripts/bench.sh $(BIN)
 
 ## fuzz: every fuzz target for $(FUZZTIME) seconds each (default 60)

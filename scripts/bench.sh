@@ -3,20 +3,32 @@
 # with baselines run in the same command (these machines are shared and
 # noisy, so only ratios within one run mean much).
 #
-#   1. round trips at QoS 1, 10 and 100 devices, embedded broker + in-process workers
-#   2. the same load through Mosquitto + a remote mqttinfer worker (baseline)
-#   3. idle RSS per connected device with 2,000 idle devices, at our
-#      max_client_writes_pending and at mochi's default 8192 (baseline)
+#   1. warm latency per model, the HTTP and SSE doors, the model repository
+#   2. scale: embedded / our broker + a remote worker / Mosquitto + a remote
+#      worker, at 100, 1,000 and 10,000 devices, each at an equal offered
+#      load and at its closed-loop peak, with the service's and the
+#      simulator's CPU per round trip; the embedded node's memory at start,
+#      at peak and after the devices left
+#   3. durability: storage on against off
 #   4. the cluster (make cluster: 3 NATS servers, 2 edges, 3 workers)
 #      against one embedded node on the same load, and the backbone's
 #      durable path (JetStream) against core NATS request/reply
+#   5. idle RSS per connected device with 2,000 idle devices, at several
+#      max_client_writes_pending (ours: 256; mochi's default: 8192)
 #
 # Everything listens on 127.0.0.1 on free ports and is stopped at the end.
 # Usage: scripts/bench.sh [path/to/mqttinfer] [cluster]   (cluster: only section 4)
+# BENCH_QUICK=1: section 2 alone, at 100 and 1,000 devices, 3 s a run (about
+# a minute). BENCH_DURATION, BENCH_DEVICES, BENCH_LOAD (requests/s offered
+# in all at the equal load, default 2000) override.
 set -euo pipefail
 BIN=${1:-bin/mqttinfer}
 ONLY=${2:-}
-DUR=${BENCH_DURATION:-8s}
+QUICK=${BENCH_QUICK:-}
+DUR=${BENCH_DURATION:-5s}
+COUNTS=${BENCH_DEVICES:-100 1000 10000}
+LOAD=${BENCH_LOAD:-2000}
+if [ -n "$QUICK" ]; then DUR=${BENCH_DURATION:-3s}; COUNTS=${BENCH_DEVICES:-100 1000}; fi
 IDLE=${BENCH_IDLE_DEVICES:-2000}
 ulimit -n 65536 2>/dev/null || true
 work=$(mktemp -d)
@@ -46,9 +58,10 @@ sim() { # sim PORT DEVICES RATE -> JSON report on stdout
 		--id-prefix "b$2-" --seed 1 --json
 }
 
-summary() { jq -r '"\(.devices) devices: \(.round_trips_per_sec|floor) round trips/s, p50 \(.latency.p50_ms) ms, p99 \(.latency.p99_ms) ms, max \(.latency.max_ms) ms, sent \(.sent), ok \(.ok), throttled \(.throttled), errors \(.errors|tostring), lost \(.lost)"'; }
+summary() { jq -r '"\(.devices) devices: \(.round_trips_per_sec|floor) round trips/s, p50 \(.latency.p50_ms) ms, p99 \(.latency.p99_ms) ms, max \(.latency.max_ms) ms, sent \(.sent), ok \(.ok), throttled \(.throttled), errors \(.errors|tostring), lost \(.lost), simulator CPU \(.sim_cpu_per_request_us|floor) us per rt"'; }
 
 if [ -z "$ONLY" ]; then
+if [ -z "$QUICK" ]; then
 echo "== warm latency per model (one request at a time, no transport)"
 go test -run '^$' -bench 'ModelLatency' -benchtime 100x ./tests/ | grep ^Benchmark
 
@@ -72,59 +85,95 @@ graph, builtin, repo = map(float, sys.argv[1:])
 print(f"ratio repository tensor path / built-in vad, one 32 ms frame: {repo/builtin:.2f}x ({repo/1e3:.0f} us vs {builtin/1e3:.0f} us; the graph alone {graph/1e3:.0f} us)")
 PY
 
-echo "== round trips at QoS 1 (anomaly model, $DUR each)"
-p=$(freeport); h=$(freeport); pid=$(serve "$p" "$h"); pids+=("$pid"); waitport "$p"
-# Offered load: 12,000 requests/s in all, near what this 2-core machine
-# sustains with the simulator on the same cores; past it the queue fills and
-# the excess is answered 503 overloaded (counted under errors).
-c0=$(cpu_ms "$pid"); sim "$p" 10 1200 >"$work/e10.json"; c1=$(cpu_ms "$pid")
-echo -n "embedded   "; summary <"$work/e10.json"; e10cpu=$(per_rt "$c0" "$c1" "$work/e10.json")
-c0=$(cpu_ms "$pid"); sim "$p" 100 120 >"$work/e100.json"; c1=$(cpu_ms "$pid")
-echo -n "embedded   "; summary <"$work/e100.json"; e100cpu=$(per_rt "$c0" "$c1" "$work/e100.json")
-echo "embedded   service CPU per round trip: ${e10cpu} us (10 devices), ${e100cpu} us (100 devices); the simulator shares the 2 cores"
-kill "$pid"; wait "$pid" 2>/dev/null || true
+fi
 
-echo "== durability: the same load with storage.dir (broker store + journal of accepted requests)"
-p=$(freeport); h=$(freeport); pid=$(serve "$p" "$h" MQTTINFER_STORAGE_DIR="$work/store"); pids+=("$pid"); waitport "$p"
-c0=$(cpu_ms "$pid"); sim "$p" 100 120 >"$work/s100.json"; c1=$(cpu_ms "$pid")
-echo -n "storage    "; summary <"$work/s100.json"; s100cpu=$(per_rt "$c0" "$c1" "$work/s100.json")
-kill "$pid"; wait "$pid" 2>/dev/null || true
-jq -rn --slurpfile e "$work/e100.json" --slurpfile s "$work/s100.json" \
-	'"ratio round trips/s, storage on / off (100 devices): \(($s[0].round_trips_per_sec / $e[0].round_trips_per_sec * 100 | floor) / 100)x"'
-echo "ratio service CPU per round trip, storage on / off (100 devices): $(python3 -c "print(round($s100cpu/$e100cpu,2))")x ($s100cpu us vs $e100cpu us)"
-
-if command -v /usr/sbin/mosquitto >/dev/null; then
-	mp=$(freeport)
+echo "== scale: embedded / our broker + a remote worker / Mosquitto + a remote worker (anomaly, QoS 1, lean simulator)"
+# For each system and each fleet size: an equal offered load below every
+# system's capacity ($LOAD requests/s in all: the latency at that load and
+# the CPU each side spends per round trip), and the closed-loop peak (each
+# device one request outstanding). The simulator's own CPU per round trip
+# is printed beside the service's, to show which side was saturated.
+p=$(freeport); h=$(freeport); epid=$(serve "$p" "$h" MQTTINFER_MODELS_DIR=/nonexistent); pids+=("$epid"); waitport "$p"; eport=$p
+erss0=$(rss_kb "$epid")
+p=$(freeport); h=$(freeport); bpid=$(serve "$p" "$h" MQTTINFER_MODELS_DIR=/nonexistent MQTTINFER_WORKER_IN_PROCESS=false); pids+=("$bpid"); waitport "$p"; bport=$p
+MQTTINFER_LOG_LEVEL=warn MQTTINFER_MODELS_DIR=/nonexistent "$BIN" worker --broker "tcp://127.0.0.1:$bport" --throttle=false >"$work/bworker.log" 2>&1 & bwpid=$!; pids+=("$bwpid")
+for _ in $(seq 1 200); do [ "$(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:$h/readyz")" = 200 ] && break; sleep 0.05; done
+have_mosquitto=
+if [ -x /usr/sbin/mosquitto ]; then
+	have_mosquitto=1
+	mport=$(freeport)
 	# Unbounded queues: Mosquitto's default (1000 queued per client) would drop
 	# the worker's backlog and count it as lost rather than slow.
-	printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 0\n' "$mp" >"$work/mosquitto.conf"
-	/usr/sbin/mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 & mpid=$!; pids+=("$mpid"); waitport "$mp"
-	MQTTINFER_LOG_LEVEL=warn "$BIN" worker --broker "tcp://127.0.0.1:$mp" >"$work/worker.log" 2>&1 & wpid=$!; pids+=("$wpid")
-	"$BIN" models --broker "tcp://127.0.0.1:$mp" --timeout 10s >/dev/null # the worker is up once its catalog is there
-	c0=$(cpu_ms "$mpid" "$wpid"); sim "$mp" 10 1200 >"$work/m10.json"; c1=$(cpu_ms "$mpid" "$wpid")
-	echo -n "mosquitto  "; summary <"$work/m10.json"; m10cpu=$(per_rt "$c0" "$c1" "$work/m10.json")
-	c0=$(cpu_ms "$mpid" "$wpid"); sim "$mp" 100 120 >"$work/m100.json"; c1=$(cpu_ms "$mpid" "$wpid")
-	echo -n "mosquitto  "; summary <"$work/m100.json"; m100cpu=$(per_rt "$c0" "$c1" "$work/m100.json")
-	echo "mosquitto  broker + worker CPU per round trip: ${m10cpu} us (10 devices), ${m100cpu} us (100 devices)"
-	echo "ratio CPU per round trip, mosquitto+remote worker / embedded: $(python3 -c "print(round($m10cpu/$e10cpu,2))")x (10 devices), $(python3 -c "print(round($m100cpu/$e100cpu,2))")x (100 devices)"
-	# Scale-out: two more workers join the group. Every worker receives
-	# every request (and the others' replies) to keep the per-device
-	# guarantees, so the broker and the workers spend more per request.
-	wpids=("$wpid")
-	for i in 2 3; do
-		hp=$(freeport)
-		MQTTINFER_LOG_LEVEL=warn "$BIN" worker --broker "tcp://127.0.0.1:$mp" --http-addr "127.0.0.1:$hp" >"$work/worker$i.log" 2>&1 & wp=$!; pids+=("$wp"); wpids+=("$wp")
-		for _ in $(seq 1 200); do [ "$(curl -s -o /dev/null -w '%{http_code}' "127.0.0.1:$hp/readyz")" = 200 ] && break; sleep 0.05; done
-	done
-	c0=$(cpu_ms "$mpid" "${wpids[@]}"); sim "$mp" 100 120 >"$work/m3.json"; c1=$(cpu_ms "$mpid" "${wpids[@]}")
-	echo -n "mosquitto+3 workers "; summary <"$work/m3.json"; m3cpu=$(per_rt "$c0" "$c1" "$work/m3.json")
-	echo "ratio CPU per round trip, 3 workers / 1 worker on mosquitto (100 devices): $(python3 -c "print(round($m3cpu/$m100cpu,2))")x ($m3cpu us vs $m100cpu us)"
-	kill "${wpids[@]}" "$mpid"; wait "${wpids[@]}" "$mpid" 2>/dev/null || true
-	for n in 10 100; do
-		jq -rn --slurpfile e "$work/e$n.json" --slurpfile m "$work/m$n.json" \
-			'"ratio embedded/mosquitto+remote worker, \($e[0].devices) devices: \(($e[0].round_trips_per_sec / $m[0].round_trips_per_sec * 100 | floor) / 100)x round trips/s, p50 \(($m[0].latency.p50_ms / $e[0].latency.p50_ms * 100 | floor) / 100)x lower"'
-	done
+	printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\npersistence false\nmax_queued_messages 0\nmax_inflight_messages 0\n' "$mport" >"$work/mosquitto.conf"
+	/usr/sbin/mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 & mpid=$!; pids+=("$mpid"); waitport "$mport"
+	MQTTINFER_LOG_LEVEL=warn MQTTINFER_MODELS_DIR=/nonexistent "$BIN" worker --broker "tcp://127.0.0.1:$mport" >"$work/mworker.log" 2>&1 & mwpid=$!; pids+=("$mwpid")
+	"$BIN" models --broker "tcp://127.0.0.1:$mport" --timeout 10s >/dev/null # the worker is up once its catalog is there
 fi
+# run SYSTEM DEVICES MODE: one simulator run ("equal" or "peak") against a
+# system; writes $work/SYSTEM-DEVICES-MODE.json and prints a line.
+run() {
+	local sys=$1 n=$2 mode=$3 port procs args
+	case $sys in
+	embedded) port=$eport; procs="$epid" ;;
+	broker+worker) port=$bport; procs="$bpid $bwpid" ;;
+	mosquitto+worker) port=$mport; procs="$mpid $mwpid" ;;
+	esac
+	args=(--rate "$(python3 -c "print($LOAD/$n)")")
+	[ "$mode" = peak ] && args=(--closed-loop)
+	local f="$work/$sys-$n-$mode.json" c0 c1
+	# shellcheck disable=SC2086
+	c0=$(cpu_ms $procs)
+	"$BIN" sim --broker "tcp://127.0.0.1:$port" --devices "$n" "${args[@]}" --lean --qos 1 --duration "$DUR" --drain 5s \
+		--id-prefix "${sys//+/_}-$n-$mode-" --seed 1 --connect-concurrency 256 --json >"$f"
+	# shellcheck disable=SC2086
+	c1=$(cpu_ms $procs)
+	jq --arg cpu "$(per_rt "$c0" "$c1" "$f")" '. + {service_cpu_per_request_us: ($cpu | tonumber)}' "$f" >"$f.tmp" && mv "$f.tmp" "$f"
+	jq -r --arg sys "$sys" --arg mode "$mode" '"\($sys|.[0:16]) \(.devices) devices \($mode): \(.round_trips_per_sec|floor) rt/s, p50 \(.latency.p50_ms) ms, p99 \(.latency.p99_ms) ms, ok \(.ok)/\(.sent), lost \(.lost), errors \(.errors|tostring); CPU per rt: service \(.service_cpu_per_request_us) us, simulator \(.sim_cpu_per_request_us|floor) us"' "$f"
+}
+systems="embedded broker+worker"
+[ -n "$have_mosquitto" ] && systems="$systems mosquitto+worker"
+for n in $COUNTS; do
+	for sys in $systems; do
+		run "$sys" "$n" equal
+		run "$sys" "$n" peak
+	done
+	python3 - "$work" "$n" $systems <<'PY'
+import json, sys
+work, n, systems = sys.argv[1], sys.argv[2], sys.argv[3:]
+r = {(s, m): json.load(open(f"{work}/{s}-{n}-{m}.json")) for s in systems for m in ("equal", "peak")}
+e = "embedded"
+for s in systems[1:]:
+    eq, eqe = r[(s, "equal")], r[(e, "equal")]
+    pk, pke = r[(s, "peak")], r[(e, "peak")]
+    def ratio(a, b): return f"{a / b:.2f}x" if b else "n/a"
+    print(f"ratio embedded / {s}, {n} devices: peak round trips/s {ratio(pke['round_trips_per_sec'], pk['round_trips_per_sec'])}; "
+          f"at equal load CPU per round trip {ratio(eq['service_cpu_per_request_us'], eqe['service_cpu_per_request_us'])} less, "
+          f"p99 {ratio(eq['latency']['p99_ms'], eqe['latency']['p99_ms'])} lower")
+PY
+done
+# Memory: the embedded node's RSS before the runs, its peak (VmHWM, during
+# the largest fleet), and once the devices have left (the node returns
+# memory when its clients fall to half their peak, within 5 s).
+sleep 12
+erss1=$(awk '/VmHWM/ {print $2}' /proc/"$epid"/status); erss2=$(rss_kb "$epid")
+echo "embedded RSS: ${erss0} KB at start, ${erss1} KB at peak, ${erss2} KB 12 s after the devices left"
+kill "$epid" "$bpid" "$bwpid" 2>/dev/null || true
+[ -n "$have_mosquitto" ] && { kill "$mpid" "$mwpid" 2>/dev/null || true; }
+wait 2>/dev/null || true
+
+[ -n "$QUICK" ] && exit 0
+
+echo "== durability: storage.dir (broker store + journal of accepted requests) against none, 100 devices x 120 req/s"
+for store in "" "$work/store"; do
+	p=$(freeport); h=$(freeport); pid=$(serve "$p" "$h" MQTTINFER_STORAGE_DIR="$store"); pids+=("$pid"); waitport "$p"
+	c0=$(cpu_ms "$pid"); sim "$p" 100 120 >"$work/s100-${store:+on}.json"; c1=$(cpu_ms "$pid")
+	echo -n "storage ${store:+on}${store:-off}  "; summary <"$work/s100-${store:+on}.json"
+	eval "cpu_${store:+on}${store:-off}=$(per_rt "$c0" "$c1" "$work/s100-${store:+on}.json")"
+	kill "$pid"; wait "$pid" 2>/dev/null || true
+done
+jq -rn --slurpfile e "$work/s100-.json" --slurpfile s "$work/s100-on.json" \
+	'"ratio round trips/s, storage on / off (100 devices): \(($s[0].round_trips_per_sec / $e[0].round_trips_per_sec * 100 | floor) / 100)x"'
+echo "ratio service CPU per round trip, storage on / off (100 devices): $(python3 -c "print(round($cpu_on/$cpu_off,2))")x ($cpu_on us vs $cpu_off us)"
 
 fi
 
@@ -180,7 +229,7 @@ for pending in 64 256 1024 8192; do
 	pid=$(serve "$p" "$h" MQTTINFER_MQTT_MAX_CLIENT_WRITES_PENDING=$pending MQTTINFER_MODELS_DIR=/nonexistent); pids+=("$pid"); waitport "$p"; sleep 1
 	before=$(rss_kb "$pid")
 	# rate 0.0001/s: each device's first send is scheduled hours away, so they stay idle.
-	"$BIN" sim --broker "tcp://127.0.0.1:$p" --devices "$IDLE" --rate 0.0001 --duration 30s --drain -1s --id-prefix idle- --json >/dev/null 2>&1 & spid=$!
+	"$BIN" sim --broker "tcp://127.0.0.1:$p" --devices "$IDLE" --rate 0.0001 --duration 30s --drain -1s --id-prefix idle- --lean --json >/dev/null 2>&1 & spid=$!
 	for _ in $(seq 1 600); do
 		n=$(curl -s "127.0.0.1:$h/metrics" | awk '/^mqttinfer_connected_clients /{print $2}')
 		[ "${n:-0}" -ge "$IDLE" ] && break; sleep 0.1

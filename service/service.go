@@ -263,6 +263,7 @@ func (s *Service) Start() error {
 	s.goRun(func() { s.models.Run(ctx) })
 	s.goRun(func() { s.fleet.Run(ctx) })
 	s.goRun(func() { s.republishCatalog(ctx) })
+	s.goRun(func() { s.releaseMemory(ctx) })
 	if s.certs != nil {
 		s.goRun(func() { s.certs.run(ctx) })
 	}
