@@ -29,6 +29,7 @@ import (
 var version = "dev"
 
 func main() {
+	reexecWithStackGODEBUG(os.Args)
 	service.Version = version
 	mcpserver.Version = version
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
