@@ -185,12 +185,22 @@ func (h *authHook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 // every device memory, a worker's a few.
 const WorkerWritesPending = 8192
 
+// workerRoleProperty is the MQTT 5 CONNECT user property with which a
+// remote worker says what it is (worker.RoleProperty).
+const workerRoleProperty = "mqttinfer-role"
+
 // writesPending sizes a client's outbound queue once it has logged in: a
-// worker (its role with auth on; in open mode, a client id of the remote
-// workers' default form, "<prefix>-worker-<random>") gets WorkerWritesPending,
+// worker (its role with auth on; in open mode, a client that says so in
+// its CONNECT, or, over MQTT 3.1.1, a client id of the remote workers'
+// default form, "<prefix>-worker-<random>") gets WorkerWritesPending,
 // anyone else the default.
 func (h *authHook) writesPending(cl *mqtt.Client) int {
 	if h.auth == nil {
+		for _, u := range cl.Properties.Props.User {
+			if u.Key == workerRoleProperty && u.Val == "worker" {
+				return WorkerWritesPending
+			}
+		}
 		if strings.Contains(cl.ID, "-worker-") {
 			return WorkerWritesPending
 		}

@@ -324,21 +324,25 @@ func (b *Broker) Clients() int {
 	return n
 }
 
-// queueMargin is how much room a worker's outbound queue must have for the
-// broker to hand it one more request: the publishers that checked it at
-// the same moment (one per core, at most a few) all fit.
-const queueMargin = 32
+// margin is how much room a worker's outbound queue (or its store of
+// unacknowledged messages) must have for the broker to hand it one more
+// request, so that the publishers that checked it at the same moment fit:
+// an eighth of it, at least 32, at most half.
+func margin(capacity int) int { return min(max(32, capacity/8), capacity/2) }
 
 // workerQueues counts the clients subscribed to a request topic (the
 // remote workers; every one of them receives every request), and names
-// one whose outbound queue is too full to take another: mochi would drop
-// the request on its way there.
+// one that is too far behind to take another: mochi would drop the request
+// on its way there, when the client's outbound queue is full or when it
+// holds Capabilities.MaximumInflight unacknowledged QoS 1 messages.
 func (b *Broker) workerQueues(topic string) (workers int, full string) {
 	subs := b.srv.Topics.Subscribers(topic)
+	maxInflight := int(b.srv.Options.Capabilities.MaximumInflight)
 	check := func(id string) {
 		workers++
 		if cl, ok := b.srv.Clients.Get(id); ok && full == "" {
-			if n, c := cl.WritesPending(); n > c-min(queueMargin, c/2) {
+			n, c := cl.WritesPending()
+			if n > c-margin(c) || cl.State.Inflight.Len() > maxInflight-margin(maxInflight) {
 				full = id
 			}
 		}

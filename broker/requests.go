@@ -195,7 +195,7 @@ func (h *requestHook) handOff(in *inbound) (packets.Packet, error) {
 		// The broker would drop the request on its way to that worker:
 		// refused here instead, so that the device knows and retries.
 		r.Refund()
-		return h.reject(in, api.Errorf(api.Overloaded, "the workers are behind: worker %s has %d requests queued", full, h.b.opts.MaxClientWritesPending))
+		return h.reject(in, api.Errorf(api.Overloaded, "the workers are behind: worker %s has as many requests on their way as it can take", full))
 	}
 	// The workers answer on the response topic the request carries: only
 	// a vetted one goes on (a device must not make a worker publish into

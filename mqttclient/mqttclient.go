@@ -128,6 +128,8 @@ type Options struct {
 	// Will is published by the broker when the connection ends without a
 	// DISCONNECT (a crash, a network failure); nil sends none.
 	Will *Message
+	// ConnectUser are user properties of the CONNECT (MQTT 5 only).
+	ConnectUser []UserProperty
 	// OnMessage receives every message of the connection's subscriptions,
 	// in arrival order, on one goroutine. QoS 1 messages are acknowledged
 	// when it returns. It may publish (Send or Publish) but should return

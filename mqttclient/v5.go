@@ -46,6 +46,9 @@ func dialV5(ctx context.Context, u *url.URL, o Options, lost func(error)) (impl,
 		KeepAlive:  uint16(min(o.KeepAlive/time.Second, 65535)),
 		CleanStart: true,
 	}
+	if len(o.ConnectUser) > 0 {
+		cp.Properties = &paho.ConnectProperties{User: toPahoUser(o.ConnectUser)}
+	}
 	if o.Username != "" {
 		cp.UsernameFlag, cp.Username = true, o.Username
 	}
