@@ -164,14 +164,15 @@ wait 2>/dev/null || true
 [ -n "$QUICK" ] && exit 0
 
 echo "== durability: storage.dir (broker store + journal of accepted requests) against none, 100 devices x 120 req/s"
-for store in "" "$work/store"; do
+for mode in off on; do
+	store=; [ "$mode" = on ] && store="$work/store"
 	p=$(freeport); h=$(freeport); pid=$(serve "$p" "$h" MQTTINFER_STORAGE_DIR="$store"); pids+=("$pid"); waitport "$p"
-	c0=$(cpu_ms "$pid"); sim "$p" 100 120 >"$work/s100-${store:+on}.json"; c1=$(cpu_ms "$pid")
-	echo -n "storage ${store:+on}${store:-off}  "; summary <"$work/s100-${store:+on}.json"
-	eval "cpu_${store:+on}${store:-off}=$(per_rt "$c0" "$c1" "$work/s100-${store:+on}.json")"
+	c0=$(cpu_ms "$pid"); sim "$p" 100 120 >"$work/s100-$mode.json"; c1=$(cpu_ms "$pid")
+	echo -n "storage $mode  "; summary <"$work/s100-$mode.json"
+	eval "cpu_$mode=$(per_rt "$c0" "$c1" "$work/s100-$mode.json")"
 	kill "$pid"; wait "$pid" 2>/dev/null || true
 done
-jq -rn --slurpfile e "$work/s100-.json" --slurpfile s "$work/s100-on.json" \
+jq -rn --slurpfile e "$work/s100-off.json" --slurpfile s "$work/s100-on.json" \
 	'"ratio round trips/s, storage on / off (100 devices): \(($s[0].round_trips_per_sec / $e[0].round_trips_per_sec * 100 | floor) / 100)x"'
 echo "ratio service CPU per round trip, storage on / off (100 devices): $(python3 -c "print(round($cpu_on/$cpu_off,2))")x ($cpu_on us vs $cpu_off us)"
 
