@@ -228,11 +228,13 @@ func (r *mediaResponder) handle(_ *mochi.Client, _ packets.Subscription, pk pack
 		res = api.ErrorResult(req.ID, tp.Model, api.Errorf(api.InvalidInput, "%v", err))
 	}
 	body, _ := json.Marshal(res)
-	perr := r.srv.Publish(tp.ResultTopic(), body, false, 1)
+	// Counted before the reply goes out: the run may end as soon as the
+	// last reply arrives.
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	r.seen++
 	r.sizes = append(r.sizes, len(pk.Payload))
+	perr := r.srv.Publish(tp.ResultTopic(), body, false, 1)
 	for _, e := range []error{err, perr} {
 		if e != nil {
 			r.errs = append(r.errs, e)

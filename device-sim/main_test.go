@@ -158,17 +158,21 @@ func (r *responder) handle(_ *mochi.Client, _ packets.Subscription, pk packets.P
 	res.RateLimit = &api.RateLimit{Limit: 10, Remaining: 10 - n%10, ResetMS: 100}
 	ev := respEvent{Device: tp.Device, ID: req.ID, N: n, Outcome: out, RecvAt: recv}
 	if out != outDropped {
-		body, _ := json.Marshal(res)
 		ev.ReplyAt = time.Now()
+	}
+	// Recorded before the reply goes out: the run may end as soon as the
+	// last reply arrives.
+	r.mu.Lock()
+	r.events = append(r.events, ev)
+	r.mu.Unlock()
+	if out != outDropped {
+		body, _ := json.Marshal(res)
 		if err := r.srv.Publish(tp.ResultTopic(), body, false, 1); err != nil {
 			r.mu.Lock()
 			r.errs = append(r.errs, fmt.Errorf("publish %s: %w", tp.ResultTopic(), err))
 			r.mu.Unlock()
 		}
 	}
-	r.mu.Lock()
-	r.events = append(r.events, ev)
-	r.mu.Unlock()
 }
 
 // snapshot returns what the responder saw, failing t if it could not reply.
