@@ -25,20 +25,36 @@ const stackGODEBUG = "gcshrinkstackoff=1"
 // only when there is nothing to do or exec failed (the node then runs
 // without the setting).
 func reexecWithStackGODEBUG(args []string) {
-	if len(args) < 2 || !slices.Contains([]string{"serve", "worker"}, args[1]) {
-		return
-	}
-	godebug := os.Getenv("GODEBUG")
-	if strings.Contains(godebug, "gcshrinkstackoff") {
+	env, ok := stackEnv(args, os.Environ())
+	if !ok {
 		return
 	}
 	exe, err := os.Executable()
 	if err != nil {
 		return
 	}
+	_ = syscall.Exec(exe, args, env)
+}
+
+// stackEnv is environ with stackGODEBUG added to GODEBUG, and whether the
+// command in args needs it (serve and worker, unless GODEBUG names
+// gcshrinkstackoff already).
+func stackEnv(args, environ []string) ([]string, bool) {
+	if len(args) < 2 || !slices.Contains([]string{"serve", "worker"}, args[1]) {
+		return nil, false
+	}
+	godebug := ""
+	for _, kv := range environ {
+		if v, ok := strings.CutPrefix(kv, "GODEBUG="); ok {
+			godebug = v
+		}
+	}
+	if strings.Contains(godebug, "gcshrinkstackoff") {
+		return nil, false
+	}
 	if godebug != "" {
 		godebug += ","
 	}
-	env := append(slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, "GODEBUG=") }), "GODEBUG="+godebug+stackGODEBUG)
-	_ = syscall.Exec(exe, args, env)
+	env := slices.DeleteFunc(slices.Clone(environ), func(kv string) bool { return strings.HasPrefix(kv, "GODEBUG=") })
+	return append(env, "GODEBUG="+godebug+stackGODEBUG), true
 }
