@@ -22,6 +22,8 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/mqttinfer/mqttinfer/topics"
 )
 
 // Defaults of Options.
@@ -154,19 +156,7 @@ func DeviceToken(device string) string { return strings.ReplaceAll(device, ".", 
 // Partition is the partition of a device among n: an FNV-1a hash of its
 // id, mixed (FNV's low bits alone follow the low bits of the bytes).
 func Partition(device string, n int) int {
-	h := fnv.New64a()
-	h.Write([]byte(device))
-	return int(mix(h.Sum64()) % uint64(n))
-}
-
-// mix is splitmix64's finalizer: every bit of x moves every bit of the result.
-func mix(x uint64) uint64 {
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	x ^= x >> 31
-	return x
+	return int(topics.Hash(device) % uint64(n))
 }
 
 // metaPartitions is the request stream's metadata key for the partition count.

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"log/slog"
 	"slices"
 	"sync"
@@ -19,6 +18,7 @@ import (
 	"github.com/mqttinfer/mqttinfer/api"
 	"github.com/mqttinfer/mqttinfer/metrics"
 	"github.com/mqttinfer/mqttinfer/pipeline"
+	"github.com/mqttinfer/mqttinfer/topics"
 	"github.com/mqttinfer/mqttinfer/worker"
 )
 
@@ -321,10 +321,7 @@ func owner(nodes []string, k int) string {
 }
 
 func score(node string, k int) uint64 {
-	h := fnv.New64a()
-	h.Write([]byte(node))
-	h.Write([]byte{0, byte(k >> 8), byte(k)})
-	return mix(h.Sum64())
+	return topics.Hash(node, string([]byte{byte(k >> 8), byte(k)}))
 }
 
 // leave stops taking requests, lets the ones taken finish and hands every

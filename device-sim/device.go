@@ -362,10 +362,7 @@ type leanClient struct{ l *leanConn }
 
 func (c leanClient) publish(topic string, qos byte, payload []byte) (func() bool, error) {
 	if err := c.l.publish(topic, qos, payload); err != nil {
-		if isLeanClosed(err) {
-			return alwaysAcked, errNotConnected
-		}
-		return alwaysAcked, err
+		return alwaysAcked, errNotConnected // a write that failed leaves the connection unusable
 	}
 	return alwaysAcked, nil
 }

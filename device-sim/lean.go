@@ -11,7 +11,6 @@ import (
 	"io"
 	"net"
 	"net/url"
-	"strings"
 	"sync"
 	"time"
 
@@ -243,11 +242,6 @@ func (l *leanConn) close() {
 	l.wmu.Unlock()
 	l.c.Close()
 	<-l.dead
-}
-
-// isLeanClosed reports whether err means the connection is gone.
-func isLeanClosed(err error) bool {
-	return errors.Is(err, errLeanClosed) || errors.Is(err, net.ErrClosed) || strings.Contains(fmt.Sprint(err), "broken pipe")
 }
 
 // schedule sends for devs on the calling goroutine, each at its own pace

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"hash/fnv"
 	"slices"
 	"strconv"
 	"sync"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/mqttinfer/mqttinfer/inference"
 	"github.com/mqttinfer/mqttinfer/inference/onnx"
+	"github.com/mqttinfer/mqttinfer/topics"
 )
 
 // version is one loaded version of a repository model: its session and
@@ -226,11 +226,7 @@ func (m *model) pick(device string) *version {
 	if len(shares) == 0 {
 		return nil
 	}
-	h := fnv.New64a()
-	h.Write([]byte(m.name))
-	h.Write([]byte{0})
-	h.Write([]byte(device))
-	x := mix(h.Sum64())
+	x := topics.Hash(m.name, device)
 	point := float64(x>>11) / float64(1<<53) * 100 // uniform in [0, 100)
 	acc := 0.0
 	vs := sortVersions(mapsKeys(shares))
@@ -241,16 +237,6 @@ func (m *model) pick(device string) *version {
 		}
 	}
 	return m.versions[vs[len(vs)-1]]
-}
-
-// mix is splitmix64's finalizer.
-func mix(x uint64) uint64 {
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	x ^= x >> 31
-	return x
 }
 
 // describe refreshes the model's catalog entry. Lock held.

@@ -19,7 +19,6 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
-	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -225,7 +224,7 @@ func (r *Repository) reconcile(name string) bool {
 		sameCfg := oldCfg != nil && len(old) > 0 && anyVersion(old).configSum == cfgSum
 		for _, v := range disk {
 			path := filepath.Join(dir, v, WeightsFile)
-			sum, err := checksum(path)
+			sum, err := onnx.Checksum(path)
 			if err == nil {
 				if cur := old[v]; cur != nil && cur.checksum == sum && cur.configSum == cfgSum {
 					next[v] = cur
@@ -485,19 +484,6 @@ func versionDirs(dir string) []string {
 		}
 	}
 	return sortVersions(out)
-}
-
-func checksum(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", err
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 func maps(m map[string]*version) map[string]*version {

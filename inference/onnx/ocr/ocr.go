@@ -7,9 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"image"
-	"io"
 	"math"
-	"os"
 	"path/filepath"
 	"strings"
 	"time"
@@ -168,7 +166,7 @@ func New(cfg Config) (*Model, error) {
 	}
 	sums := []string{}
 	for _, f := range []string{DetFile, RecFile} {
-		s, err := fileSHA256(filepath.Join(cfg.Dir, f))
+		s, err := onnx.Checksum(filepath.Join(cfg.Dir, f))
 		if err != nil {
 			return nil, fmt.Errorf("ocr: %w (run `make models`)", err)
 		}
@@ -203,19 +201,6 @@ func New(cfg Config) (*Model, error) {
 	}
 	m.info.WarmLatencyMS = math.Round(float64(took.Microseconds())/10) / 100
 	return m, nil
-}
-
-func fileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
-	if err != nil {
-		return "", err
-	}
-	defer f.Close()
-	h := sha256.New()
-	if _, err := io.Copy(h, f); err != nil {
-		return "", fmt.Errorf("read %s: %w", path, err)
-	}
-	return hex.EncodeToString(h.Sum(nil)), nil
 }
 
 // Describe is the model's catalog entry without what loading it measures
