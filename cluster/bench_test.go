@@ -48,7 +48,7 @@ func BenchmarkBackbone(b *testing.B) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		o, err := setupRetry(ctx, nc, js, Options{Prefix: "bench", Partitions: 1, Replicas: 3}, nil)
+		o, err := setupRetry(ctx, nc, js, Options{Prefix: "bench", Partitions: 1, Replicas: 3}, nil, nil)
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -277,15 +277,20 @@ func Connect(urls, name string, log *slog.Logger) (*nats.Conn, error) {
 	return nc, nil
 }
 
-// setupRetry is Setup, tried again until ctx ends while the cluster is not
-// ready yet (not connected, JetStream electing its leaders).
-func setupRetry(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, o Options, log *slog.Logger) (Options, error) {
+// setupRetry is Setup followed by then (the caller's look-ups of what Setup
+// made), both tried again until ctx ends while the cluster is not ready yet
+// (not connected, JetStream electing its leaders): each try has 5 seconds,
+// so that a request the cluster never answers does not use up ctx.
+func setupRetry(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, o Options, log *slog.Logger, then func(context.Context, Options) error) (Options, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	for {
 		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		got, err := Setup(actx, nc, js, o)
+		if err == nil && then != nil {
+			err = then(actx, got)
+		}
 		cancel()
 		if err == nil {
 			return got, nil

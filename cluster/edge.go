@@ -161,27 +161,30 @@ func NewEdge(o EdgeOptions) (*Edge, error) {
 // Setup creates or checks the service's streams, waiting (until ctx ends)
 // for the NATS cluster to be ready.
 func (e *Edge) Setup(ctx context.Context) error {
-	o, err := setupRetry(ctx, e.o.Conn, e.js, e.o.Options, e.log)
+	o, err := setupRetry(ctx, e.o.Conn, e.js, e.o.Options, e.log, func(ctx context.Context, _ Options) error {
+		var err error
+		if e.res, err = e.js.Stream(ctx, e.names.ResultStream()); err != nil {
+			return fmt.Errorf("stream %s: %w", e.names.ResultStream(), err)
+		}
+		if e.kv, err = e.js.KeyValue(ctx, e.names.CursorBucket()); err != nil {
+			return fmt.Errorf("bucket %s: %w", e.names.CursorBucket(), err)
+		}
+		if e.status, err = e.js.KeyValue(ctx, e.names.StatusBucket()); err != nil {
+			return fmt.Errorf("bucket %s: %w", e.names.StatusBucket(), err)
+		}
+		// The pump starts after the results stored so far: a device
+		// that connects before its first result gets a cursor from here.
+		info, err := e.res.Info(ctx)
+		if err != nil {
+			return fmt.Errorf("stream %s: %w", e.names.ResultStream(), err)
+		}
+		e.pumped.Store(info.State.LastSeq)
+		return nil
+	})
 	if err != nil {
 		return err
 	}
 	e.o.Options = o
-	if e.res, err = e.js.Stream(ctx, e.names.ResultStream()); err != nil {
-		return fmt.Errorf("stream %s: %w", e.names.ResultStream(), err)
-	}
-	if e.kv, err = e.js.KeyValue(ctx, e.names.CursorBucket()); err != nil {
-		return fmt.Errorf("bucket %s: %w", e.names.CursorBucket(), err)
-	}
-	if e.status, err = e.js.KeyValue(ctx, e.names.StatusBucket()); err != nil {
-		return fmt.Errorf("bucket %s: %w", e.names.StatusBucket(), err)
-	}
-	// The pump starts after the results stored so far: a device that
-	// connects before its first result gets a cursor from here.
-	info, err := e.res.Info(ctx)
-	if err != nil {
-		return fmt.Errorf("stream %s: %w", e.names.ResultStream(), err)
-	}
-	e.pumped.Store(info.State.LastSeq)
 	return nil
 }
 

@@ -164,22 +164,19 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.js = js
 	sctx, cancel := context.WithTimeout(ctx, time.Minute)
-	w.o.Options, err = setupRetry(sctx, w.o.Conn, js, w.o.Options, w.log)
+	w.o.Options, err = setupRetry(sctx, w.o.Conn, js, w.o.Options, w.log, func(ctx context.Context, _ Options) error {
+		var err error
+		if w.reqs, err = js.Stream(ctx, w.names.RequestStream()); err != nil {
+			return fmt.Errorf("stream %s: %w", w.names.RequestStream(), err)
+		}
+		if w.status, err = js.KeyValue(ctx, w.names.StatusBucket()); err != nil {
+			return fmt.Errorf("bucket %s: %w", w.names.StatusBucket(), err)
+		}
+		return nil
+	})
 	cancel()
 	if err != nil {
 		return err
-	}
-	sctx, cancel = context.WithTimeout(ctx, 30*time.Second)
-	w.reqs, err = js.Stream(sctx, w.names.RequestStream())
-	cancel()
-	if err != nil {
-		return fmt.Errorf("stream %s: %w", w.names.RequestStream(), err)
-	}
-	sctx, cancel = context.WithTimeout(ctx, 30*time.Second)
-	w.status, err = js.KeyValue(sctx, w.names.StatusBucket())
-	cancel()
-	if err != nil {
-		return fmt.Errorf("bucket %s: %w", w.names.StatusBucket(), err)
 	}
 	w.since = time.Now().UTC().Format(time.RFC3339)
 	sub, err := w.o.Conn.Subscribe(w.names.MembersSubject(), w.heard)
