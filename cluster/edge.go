@@ -252,6 +252,14 @@ func publishAck(js jetstream.JetStream, m *nats.Msg, total time.Duration) (*jets
 	}
 }
 
+// pumpCheck is how long the result pump may hear nothing from its consumer
+// before it checks whether the stream has results it has not delivered.
+const pumpCheck = 3 * time.Second
+
+// errPumpStalled is the result pump's consumer hearing nothing while the
+// stream has results for it.
+var errPumpStalled = errors.New("result consumer stalled")
+
 // Run delivers results to b until ctx ends.
 func (e *Edge) Run(ctx context.Context, b Broker) error {
 	sub, err := e.o.Conn.Subscribe(e.names.MembersSubject(), e.heardWorker)
@@ -270,6 +278,9 @@ func (e *Edge) Run(ctx context.Context, b Broker) error {
 	for ctx.Err() == nil {
 		if err := e.pump(ctx, b); err != nil && ctx.Err() == nil {
 			e.log.Warn("result stream", "error", err)
+			if errors.Is(err, errPumpStalled) {
+				continue // the stream is there: a new consumer at once
+			}
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Second):
@@ -313,18 +324,37 @@ func (e *Edge) pump(ctx context.Context, b Broker) error {
 			live <- msg
 		}
 	}()
+	// A consumer that hears nothing while the stream has results after
+	// the last one published is made again: nothing of the result stream
+	// may wait on a consumer the cluster lost (one on a NATS server that
+	// died, which the client library did not replace).
+	check := time.NewTicker(pumpCheck)
+	defer check.Stop()
+	heard := false
 	for {
 		select {
 		case msg, ok := <-live:
 			if !ok {
 				return nil
 			}
+			heard = true
 			meta, err := msg.Metadata()
 			if err != nil {
 				continue
 			}
 			e.deliver(b, meta.Sequence.Stream, msg, false)
 			e.pumped.Store(meta.Sequence.Stream)
+		case <-check.C:
+			if heard {
+				heard = false
+				continue
+			}
+			ictx, cancel := context.WithTimeout(ctx, pumpCheck)
+			info, err := e.res.Info(ictx)
+			cancel()
+			if err == nil && info.State.Msgs > 0 && info.State.LastSeq > e.pumped.Load() {
+				return fmt.Errorf("%w: at %d while the stream holds results up to %d", errPumpStalled, e.pumped.Load(), info.State.LastSeq)
+			}
 		case job := <-e.replays:
 			for _, m := range job.msgs {
 				e.deliver(b, m.Sequence, rawMsg{m}, true)

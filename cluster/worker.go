@@ -78,6 +78,7 @@ type Worker struct {
 	twin   error              // set when another live worker has this node id
 	wg     sync.WaitGroup     // the partitions' goroutines
 	ready  bool
+	done   *answered // the requests answered lately, not to run twice
 }
 
 // announcement is a worker's heartbeat.
@@ -115,6 +116,8 @@ func NewWorker(o WorkerOptions) *Worker {
 		peers: map[string]peer{},
 		parts: map[int]*partition{},
 		stop:  make(chan struct{}),
+		// Twice what all its partitions can have unacknowledged.
+		done: newAnswered(2 * QueueSize(o.Options)),
 	}
 	if w.beat <= 0 {
 		w.beat = defaultHeartbeat
@@ -516,13 +519,34 @@ func (pt *partition) run(ctx context.Context) {
 		going := pt.going
 		pt.mu.Unlock()
 		if going {
-			it.Stop()
+			w.stopPull(it)
 			break
 		}
 		pt.pull(ctx, it)
-		it.Stop()
+		w.stopPull(it)
 	}
 	pt.finish()
+}
+
+// stopPull stops a pull iterator and waits until the server knows it is
+// gone: Stop only asks for the unsubscribe, and a consumer reset or unpin
+// that overtakes it lets the server hand the redelivered requests to the
+// stopped iterator's pull, still open there, where nobody reads them
+// until their ack wait ends (the partition's next requests run first, out
+// of order).
+func (w *Worker) stopPull(it jetstream.MessagesContext) {
+	it.Stop()
+	if c, ok := it.(interface{ Closed() <-chan struct{} }); ok {
+		select {
+		case <-c.Closed():
+		case <-time.After(2 * time.Second):
+		}
+	}
+	// The unsubscribe is on its way before the flush's PING: once the
+	// PONG is back, the server has it.
+	if err := w.o.Conn.FlushTimeout(2 * time.Second); err != nil {
+		w.log.Debug("flush after a pull stopped", "error", err)
+	}
 }
 
 // keepAlive tells the server, every third of the ack wait, that the
@@ -590,7 +614,7 @@ func (pt *partition) pull(ctx context.Context, it jetstream.MessagesContext) {
 			// got here, is run again now, first and in order, rather than
 			// when its ack wait ends: the requests this worker took finish,
 			// then the consumer starts over from its ack floor.
-			it.Stop()
+			w.stopPull(it)
 			pt.drain()
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			_, err := w.reqs.ResetConsumer(rctx, w.names.Consumer(pt.k))
@@ -622,6 +646,14 @@ func (pt *partition) serve(msg jetstream.Msg) {
 		w.o.Metrics.Rejected("bad_message")
 		w.log.Warn("request message dropped", "partition", pt.k, "error", err)
 		_ = msg.Term()
+		return
+	}
+	if w.done.has(key) {
+		// Run here already, its result stored: the ack was lost.
+		w.o.Metrics.Duplicate()
+		if err := msg.Ack(); err != nil {
+			w.log.Debug("ack", "partition", pt.k, "error", err)
+		}
 		return
 	}
 	pt.mu.Lock()
@@ -724,6 +756,7 @@ func (o *replier) Send(p pipeline.Reply, qos byte) error {
 		o.pt.done(o.seq)
 		return err
 	}
+	o.pt.w.done.add(o.key)
 	o.acked()
 	return nil
 }

@@ -128,6 +128,63 @@ func (c *clusterProcs) streamLeader(t *testing.T) string {
 	return info.Cluster.Leader
 }
 
+// explainLost logs where the backbone has each lost request (device/id):
+// its results in the result stream, and the request partitions' state,
+// to tell a request never stored or never run from a result never
+// delivered.
+func (c *clusterProcs) explainLost(t *testing.T, lost []string) {
+	t.Helper()
+	nc, err := nats.Connect(c.natsURL)
+	if err != nil {
+		t.Log("explain:", err)
+		return
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Log("explain:", err)
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), wait)
+	defer cancel()
+	names := cluster.NamesFor("mqttinfer")
+	res, err := js.Stream(ctx, names.ResultStream())
+	if err != nil {
+		t.Log("explain:", err)
+		return
+	}
+	for _, k := range lost {
+		device, id, _ := strings.Cut(k, "/")
+		var found []string
+		for seq := uint64(1); ; {
+			m, err := res.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(names.ResultSubject(device)))
+			if err != nil {
+				break
+			}
+			if m.Header.Get("Mqttinfer-Id") == id {
+				found = append(found, fmt.Sprintf("seq %d at %s status %s", m.Sequence, m.Time.Format("15:04:05.000"), m.Header.Get("Mqttinfer-Status")))
+			}
+			seq = m.Sequence + 1
+		}
+		t.Logf("lost %s: partition %d, results stored: %v", k, cluster.Partition(device, cluster.DefaultPartitions), found)
+	}
+	req, err := js.Stream(ctx, names.RequestStream())
+	if err != nil {
+		t.Log("explain:", err)
+		return
+	}
+	if info, err := req.Info(ctx); err == nil {
+		t.Logf("request stream: %d messages left, first %d, last %d", info.State.Msgs, info.State.FirstSeq, info.State.LastSeq)
+	}
+	for p := range cluster.DefaultPartitions {
+		if cons, err := req.Consumer(ctx, names.Consumer(p)); err == nil {
+			if ci, err := cons.Info(ctx); err == nil && (ci.NumPending > 0 || ci.NumAckPending > 0 || ci.NumRedelivered > 0) {
+				t.Logf("partition %d: pending %d, ack pending %d, redelivered %d, ack floor %d", p, ci.NumPending, ci.NumAckPending, ci.NumRedelivered, ci.AckFloor.Stream)
+			}
+		}
+	}
+}
+
 // loadDevice is a device of the cluster's load: it publishes QoS 1
 // requests, and when its edge is gone it connects to the other one and
 // publishes again what was not acknowledged.
@@ -296,6 +353,7 @@ func TestClusterKillUnderLoad(t *testing.T) {
 			}
 			if missing := answered(); len(missing) > 0 {
 				slices.Sort(missing)
+				c.explainLost(t, missing[:min(len(missing), 20)])
 				t.Fatalf("%d acknowledged requests never answered (lost): %v", len(missing), missing[:min(len(missing), 20)])
 			}
 			mu.Lock()
