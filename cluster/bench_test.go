@@ -103,7 +103,7 @@ func BenchmarkBackbone(b *testing.B) {
 		i := 0
 		for b.Loop() {
 			i++
-			m := nats.NewMsg(n.RequestSubject(0))
+			m := nats.NewMsg(n.RequestSubject(0, "bench"))
 			m.Data = payload
 			m.Header.Set(nats.MsgIdHdr, "bench/"+strconv.Itoa(i)+"/"+strconv.FormatInt(time.Now().UnixNano(), 36))
 			if _, err := js.PublishMsg(ctx, m); err != nil {

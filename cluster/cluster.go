@@ -130,10 +130,19 @@ func (n Names) CursorBucket() string { return "MQTTINFER_" + n.ns + "_CURSORS" }
 // StatusBucket is the key-value bucket of the nodes' statuses.
 func (n Names) StatusBucket() string { return "MQTTINFER_" + n.ns + "_STATUS" }
 
-// RequestSubject is the subject of partition p's requests.
-func (n Names) RequestSubject(p int) string { return "mqttinfer." + n.ns + ".req." + strconv.Itoa(p) }
+// RequestSubject is the subject of a device's requests, in its partition
+// p: the device's last request still queued can be read directly (an edge
+// that takes over a device restores its throttle bucket from it).
+func (n Names) RequestSubject(p int, device string) string {
+	return "mqttinfer." + n.ns + ".req." + strconv.Itoa(p) + "." + DeviceToken(device)
+}
 
-func (n Names) requestSubjects() string { return "mqttinfer." + n.ns + ".req.*" }
+// PartitionSubjects is the filter of partition p's requests.
+func (n Names) PartitionSubjects(p int) string {
+	return "mqttinfer." + n.ns + ".req." + strconv.Itoa(p) + ".*"
+}
+
+func (n Names) requestSubjects() string { return "mqttinfer." + n.ns + ".req.*.*" }
 
 // ResultSubject is the subject of a device's results.
 func (n Names) ResultSubject(device string) string {
@@ -159,8 +168,14 @@ func Partition(device string, n int) int {
 	return int(topics.Hash(device) % uint64(n))
 }
 
-// metaPartitions is the request stream's metadata key for the partition count.
-const metaPartitions = "mqttinfer_partitions"
+// metaPartitions is the request stream's metadata key for the partition
+// count, metaLayout the one for its subjects' layout (layout: one subject
+// per partition and device; before it had none, one per partition).
+const (
+	metaPartitions = "mqttinfer_partitions"
+	metaLayout     = "mqttinfer_layout"
+	layout         = "2"
+)
 
 // Setup creates the streams, consumers and bucket of o's service, or
 // updates them to o; every edge and worker calls it when it starts. It
@@ -176,9 +191,14 @@ func Setup(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, o Options
 	}
 	n := NamesFor(o.Prefix)
 	if s, err := js.Stream(ctx, n.RequestStream()); err == nil {
-		if got := s.CachedInfo().Config.Metadata[metaPartitions]; got != "" && got != strconv.Itoa(o.Partitions) {
+		info := s.CachedInfo()
+		if got := info.Config.Metadata[metaPartitions]; got != "" && got != strconv.Itoa(o.Partitions) {
 			return o, configError{fmt.Errorf("cluster.partitions is %d, but the service's streams on this NATS cluster were made with %s: use the same on every node (or delete stream %s when it is empty)",
 				o.Partitions, got, n.RequestStream())}
+		}
+		if info.Config.Metadata[metaLayout] != layout && info.State.Msgs > 0 {
+			return o, configError{fmt.Errorf("stream %s holds %d requests queued by an older mqttinfer, whose subjects this one does not read: let the older workers finish them first",
+				n.RequestStream(), info.State.Msgs)}
 		}
 	} else if !errors.Is(err, jetstream.ErrStreamNotFound) {
 		return o, fmt.Errorf("look up stream %s: %w", n.RequestStream(), err)
@@ -193,7 +213,7 @@ func Setup(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, o Options
 		Duplicates:  o.DedupWindow,
 		MaxMsgs:     int64(o.MaxQueued),
 		Discard:     jetstream.DiscardNew,
-		Metadata:    map[string]string{metaPartitions: strconv.Itoa(o.Partitions)},
+		Metadata:    map[string]string{metaPartitions: strconv.Itoa(o.Partitions), metaLayout: layout},
 	}); err != nil {
 		return o, fmt.Errorf("create stream %s: %w", n.RequestStream(), err)
 	}
@@ -214,7 +234,7 @@ func Setup(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, o Options
 		if _, err := js.CreateOrUpdateConsumer(ctx, n.RequestStream(), jetstream.ConsumerConfig{
 			Durable:        n.Consumer(p),
 			Description:    "mqttinfer: partition " + strconv.Itoa(p) + ", served by its pinned worker",
-			FilterSubject:  n.RequestSubject(p),
+			FilterSubject:  n.PartitionSubjects(p),
 			AckPolicy:      jetstream.AckExplicitPolicy,
 			AckWait:        ackWait,
 			MaxAckPending:  maxAckPending,

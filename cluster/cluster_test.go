@@ -21,8 +21,9 @@ import (
 
 func TestNames(t *testing.T) {
 	n := NamesFor("mqttinfer")
-	if n.RequestStream() != "MQTTINFER_mqttinfer_REQ" || n.RequestSubject(7) != "mqttinfer.mqttinfer.req.7" {
-		t.Errorf("names: %s %s", n.RequestStream(), n.RequestSubject(7))
+	if n.RequestStream() != "MQTTINFER_mqttinfer_REQ" || n.RequestSubject(7, "cam.1") != "mqttinfer.mqttinfer.req.7.cam~1" ||
+		n.PartitionSubjects(7) != "mqttinfer.mqttinfer.req.7.*" {
+		t.Errorf("names: %s %s %s", n.RequestStream(), n.RequestSubject(7, "cam.1"), n.PartitionSubjects(7))
 	}
 	// A prefix with characters a subject token cannot have is made one,
 	// and kept apart from the prefix that differs only there.
@@ -174,5 +175,49 @@ func TestFullQueue(t *testing.T) {
 		case i == 3 && (!errors.As(err, &ae) || ae.Type != api.Overloaded):
 			t.Fatalf("request past the queue: %v, want 503 overloaded", err)
 		}
+	}
+}
+
+// TestSetupOlderLayout: a request stream made by an older mqttinfer (one
+// subject per partition) is taken over when empty, and refused, saying
+// why, while it still holds requests the new subjects would strand.
+func TestSetupOlderLayout(t *testing.T) {
+	nc, err := Connect(testenv.StartNATS(t, 1).URL(), "test", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nc.Close)
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	n := NamesFor("mqttinfer")
+	old := jetstream.StreamConfig{Name: n.RequestStream(), Subjects: []string{"mqttinfer.mqttinfer.req.*"},
+		Retention: jetstream.WorkQueuePolicy, Metadata: map[string]string{metaPartitions: "4"}}
+	stream, err := js.CreateStream(ctx, old)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, "mqttinfer.mqttinfer.req.1", []byte(`{}`)); err != nil {
+		t.Fatal(err)
+	}
+	o := Options{Prefix: "mqttinfer", Partitions: 4}
+	if _, err := Setup(ctx, nc, js, o); !isConfigError(err) || !strings.Contains(err.Error(), "holds 1 requests queued by an older mqttinfer") {
+		t.Fatalf("setup over a stream with older requests: %v", err)
+	}
+	if err := stream.Purge(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Setup(ctx, nc, js, o); err != nil {
+		t.Fatalf("setup over an empty older stream: %v", err)
+	}
+	s, err := js.Stream(ctx, n.RequestStream())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := s.CachedInfo().Config.Subjects; len(got) != 1 || got[0] != "mqttinfer.mqttinfer.req.*.*" {
+		t.Errorf("subjects %v after the upgrade", got)
 	}
 }

@@ -73,6 +73,7 @@ type Edge struct {
 	names   Names
 	inc     string
 	js      jetstream.JetStream
+	reqs    jetstream.Stream   // the request stream
 	res     jetstream.Stream   // the result stream
 	kv      jetstream.KeyValue // the cursors
 	status  jetstream.KeyValue // the nodes' statuses
@@ -163,6 +164,9 @@ func NewEdge(o EdgeOptions) (*Edge, error) {
 func (e *Edge) Setup(ctx context.Context) error {
 	o, err := setupRetry(ctx, e.o.Conn, e.js, e.o.Options, e.log, func(ctx context.Context, _ Options) error {
 		var err error
+		if e.reqs, err = e.js.Stream(ctx, e.names.RequestStream()); err != nil {
+			return fmt.Errorf("stream %s: %w", e.names.RequestStream(), err)
+		}
 		if e.res, err = e.js.Stream(ctx, e.names.ResultStream()); err != nil {
 			return fmt.Errorf("stream %s: %w", e.names.ResultStream(), err)
 		}
@@ -199,7 +203,7 @@ func (e *Edge) Dispatch(r *pipeline.Request) error {
 		ownID = true
 	}
 	key := requestKey(r, ownID, e.o.Node+"/"+e.inc, e.n.Add(1))
-	m := requestMsg(e.names.RequestSubject(Partition(r.Topic.Device, e.o.Partitions)), r, key, e.o.Node)
+	m := requestMsg(e.names.RequestSubject(Partition(r.Topic.Device, e.o.Partitions), r.Topic.Device), r, key, e.o.Node)
 	if r.Body.Cancel {
 		defer r.Done()
 	}
@@ -432,9 +436,9 @@ func (e *Edge) Connected(device string) {
 	if e.kv == nil {
 		return
 	}
+	e.restoreBucket(device)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	e.restoreBucket(ctx, device)
 	// A device new to the cluster (or back after result_ttl) gets a cursor
 	// at once, in case this edge dies; one that has a cursor gets what it
 	// missed since, when it subscribes.
@@ -451,25 +455,71 @@ func (e *Edge) Connected(device string) {
 	}
 }
 
-// restoreBucket sets a device's bucket as its latest result shows it.
-func (e *Edge) restoreBucket(ctx context.Context, device string) {
+// restoreBucket sets a device's bucket as the edge that took its last
+// request left it: that request's own bucket when it is still queued (not
+// run yet), else its last result's. The look-ups are tried again for up to
+// 5 s (the device's requests wait: they are read only after this) while
+// the streams do not answer, as after an edge died and its devices all
+// arrive here at once; a device whose bucket cannot be read gets a full
+// one, and the log says so.
+func (e *Edge) restoreBucket(device string) {
 	l := e.o.Throttle
 	if l == nil || !(l.Limits(device).Rate > 0) {
 		return
 	}
-	m, err := e.res.GetLastMsgForSubject(ctx, e.names.ResultSubject(device))
-	if err != nil {
-		return // none kept: a full bucket
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var rl *api.RateLimit
+	var at time.Time
+	for _, look := range []struct {
+		s       jetstream.Stream
+		subject string
+	}{
+		{e.reqs, e.names.RequestSubject(Partition(device, e.o.Partitions), device)},
+		{e.res, e.names.ResultSubject(device)},
+	} {
+		m, err := lastMsg(ctx, look.s, look.subject)
+		if err != nil {
+			e.log.Warn("device's throttle bucket not read: it starts full here", "device", device, "error", err)
+			return
+		}
+		if m == nil {
+			continue
+		}
+		if r, t, ok := bucketOf(m.Header); ok && t.After(at) {
+			rl, at = r, t
+		}
 	}
-	res, err := parseResult(rawMsg{m})
-	if err != nil || res.rate == nil {
-		return
+	if rl == nil {
+		return // none kept (a device new to the cluster): a full bucket
 	}
 	// The ratelimit says when the bucket is full again: that many
 	// seconds' worth of tokens were missing from a full one.
 	lim := l.Limits(device)
-	tokens := float64(res.rate.Limit) - lim.Rate*float64(res.rate.ResetMS)/1000
-	l.Restore(device, tokens, res.received)
+	tokens := float64(rl.Limit) - lim.Rate*float64(rl.ResetMS)/1000
+	l.Restore(device, tokens, at)
+	e.log.Debug("device's throttle bucket restored", "device", device, "tokens", tokens, "at", at)
+}
+
+// lastMsg is the last message of subject in s, nil when there is none,
+// asked again every 100 ms while s does not answer, until ctx ends.
+func lastMsg(ctx context.Context, s jetstream.Stream, subject string) (*jetstream.RawStreamMsg, error) {
+	for {
+		actx, cancel := context.WithTimeout(ctx, time.Second)
+		m, err := s.GetLastMsgForSubject(actx, subject)
+		cancel()
+		switch {
+		case err == nil:
+			return m, nil
+		case errors.Is(err, jetstream.ErrMsgNotFound):
+			return nil, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
 
 // Subscribed starts the replay of the results a device missed, once per

@@ -106,13 +106,23 @@ func parseRequest(prefix string, m *nats.Msg) (*pipeline.Request, string, error)
 	if c := h.Get(hdrCorrelation); c != "" {
 		r.CorrelationData, _ = base64.StdEncoding.DecodeString(c)
 	}
-	if rl := h.Get(hdrRateLimit); rl != "" {
-		var l api.RateLimit
-		if json.Unmarshal([]byte(rl), &l) == nil {
-			r.RateLimit = &l
-		}
-	}
+	r.RateLimit, _, _ = bucketOf(h)
 	return r, key, nil
+}
+
+// bucketOf is the device's bucket a request or result message carries
+// (as admitting the request left it), and when the request was received.
+func bucketOf(h nats.Header) (*api.RateLimit, time.Time, bool) {
+	rl := h.Get(hdrRateLimit)
+	if rl == "" {
+		return nil, time.Time{}, false
+	}
+	var l api.RateLimit
+	if json.Unmarshal([]byte(rl), &l) != nil {
+		return nil, time.Time{}, false
+	}
+	ns, _ := strconv.ParseInt(h.Get(hdrReceived), 10, 64)
+	return &l, time.Unix(0, ns), true
 }
 
 // resultMsg is the message that carries reply n (0, 1, ... in the order
@@ -150,13 +160,11 @@ func resultMsg(subject string, r *pipeline.Request, key string, n int, p pipelin
 
 // result is a result message, read back.
 type result struct {
-	reply    pipeline.Reply
-	qos      byte
-	device   string
-	request  string // the request's topic
-	key, id  string
-	received time.Time
-	rate     *api.RateLimit
+	reply   pipeline.Reply
+	qos     byte
+	device  string
+	request string // the request's topic
+	key, id string
 }
 
 func parseResult(m jsMsg) (result, error) {
@@ -167,27 +175,19 @@ func parseResult(m jsMsg) (result, error) {
 	}
 	status, _ := strconv.Atoi(h.Get(hdrStatus))
 	qos, _ := strconv.Atoi(h.Get(hdrQoS))
-	ns, _ := strconv.ParseInt(h.Get(hdrReceived), 10, 64)
 	res := result{
-		reply:    pipeline.Reply{Topic: topic, Payload: m.Data(), Status: status},
-		qos:      byte(min(max(qos, 0), 2)),
-		device:   h.Get(hdrDevice),
-		request:  h.Get(hdrRequest),
-		key:      h.Get(hdrKey),
-		id:       h.Get(hdrID),
-		received: time.Unix(0, ns),
+		reply:   pipeline.Reply{Topic: topic, Payload: m.Data(), Status: status},
+		qos:     byte(min(max(qos, 0), 2)),
+		device:  h.Get(hdrDevice),
+		request: h.Get(hdrRequest),
+		key:     h.Get(hdrKey),
+		id:      h.Get(hdrID),
 	}
 	if h.Get(hdrProps) == "1" {
 		res.reply.Properties = true
 		res.reply.ContentType = h.Get(hdrContentType)
 		if c := h.Get(hdrCorrelation); c != "" {
 			res.reply.CorrelationData, _ = base64.StdEncoding.DecodeString(c)
-		}
-	}
-	if rl := h.Get(hdrRateLimit); rl != "" {
-		var l api.RateLimit
-		if json.Unmarshal([]byte(rl), &l) == nil {
-			res.rate = &l
 		}
 	}
 	return res, nil

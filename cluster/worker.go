@@ -405,6 +405,7 @@ type partition struct {
 	pinned   bool   // has had a request under its pin
 	pin      string // the pin its requests come under
 	unpinned bool   // unpinned a gone owner's pin already
+	dseq     uint64 // the consumer's number of the last delivery here, 0 after a reset
 	it       jetstream.MessagesContext
 	inflight map[uint64]jetstream.Msg // by stream sequence: taken, not acked
 	idle     chan struct{}            // signalled when inflight empties
@@ -603,10 +604,19 @@ func (pt *partition) pull(ctx context.Context, it jetstream.MessagesContext) {
 			return
 		}
 		pin := msg.Headers().Get("Nats-Pin-Id")
+		var dseq uint64
+		if meta, err := msg.Metadata(); err == nil {
+			dseq = meta.Sequence.Consumer
+		}
 		pt.mu.Lock()
 		changed := pin != pt.pin
+		// The consumer numbers its deliveries, and all of them come here
+		// (pinned): one that skips a number went somewhere else, to a pull
+		// of this worker that is gone or on a NATS server that died.
+		skipped := pt.dseq != 0 && dseq != pt.dseq+1
+		pt.dseq = dseq
 		pt.mu.Unlock()
-		if changed {
+		if changed || skipped {
 			// A new pin: this worker has just become the partition's owner,
 			// or the consumer's leader moved (a NATS server went away) and
 			// pinned it again. Whatever the previous owner took and did not
@@ -614,6 +624,9 @@ func (pt *partition) pull(ctx context.Context, it jetstream.MessagesContext) {
 			// got here, is run again now, first and in order, rather than
 			// when its ack wait ends: the requests this worker took finish,
 			// then the consumer starts over from its ack floor.
+			if skipped && !changed {
+				w.log.Info("partition's deliveries skipped ahead: starting over from its ack floor", "partition", pt.k, "delivery", dseq)
+			}
 			w.stopPull(it)
 			pt.drain()
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
@@ -624,7 +637,7 @@ func (pt *partition) pull(ctx context.Context, it jetstream.MessagesContext) {
 				return
 			}
 			pt.mu.Lock()
-			pt.pin, pt.pinned = pin, true
+			pt.pin, pt.pinned, pt.dseq = pin, true, 0
 			pt.mu.Unlock()
 			w.log.Debug("partition pinned", "partition", pt.k, "pin", pin)
 			return

@@ -41,16 +41,35 @@ func Require(t testing.TB, path, pkg string) {
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago, for
-// programs that cannot be told to pick one themselves.
+// programs that cannot be told to pick one themselves. It never returns a
+// port it returned before in this process: the system may hand a port out
+// again as soon as it is closed, and a test that picks several ports
+// before its programs bind them would get one twice (a worker's HTTP
+// listener on a NATS server's port).
 func FreePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 100 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !portsGiven[p] {
+			portsGiven[p] = true
+			return p
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no TCP port free on 127.0.0.1 that was not handed out already")
+	return 0
 }
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
 
 // MosquittoOptions choose the listeners of a test Mosquitto besides its
 // plain TCP one.
