@@ -405,7 +405,8 @@ type partition struct {
 	pinned   bool   // has had a request under its pin
 	pin      string // the pin its requests come under
 	unpinned bool   // unpinned a gone owner's pin already
-	dseq     uint64 // the consumer's number of the last delivery here, 0 after a reset
+	dseq     uint64 // the consumer's number of the last delivery here
+	reset    bool   // the consumer was reset: its next delivery is number 1
 	it       jetstream.MessagesContext
 	inflight map[uint64]jetstream.Msg // by stream sequence: taken, not acked
 	idle     chan struct{}            // signalled when inflight empties
@@ -520,34 +521,13 @@ func (pt *partition) run(ctx context.Context) {
 		going := pt.going
 		pt.mu.Unlock()
 		if going {
-			w.stopPull(it)
+			it.Stop()
 			break
 		}
 		pt.pull(ctx, it)
-		w.stopPull(it)
+		it.Stop()
 	}
 	pt.finish()
-}
-
-// stopPull stops a pull iterator and waits until the server knows it is
-// gone: Stop only asks for the unsubscribe, and a consumer reset or unpin
-// that overtakes it lets the server hand the redelivered requests to the
-// stopped iterator's pull, still open there, where nobody reads them
-// until their ack wait ends (the partition's next requests run first, out
-// of order).
-func (w *Worker) stopPull(it jetstream.MessagesContext) {
-	it.Stop()
-	if c, ok := it.(interface{ Closed() <-chan struct{} }); ok {
-		select {
-		case <-c.Closed():
-		case <-time.After(2 * time.Second):
-		}
-	}
-	// The unsubscribe is on its way before the flush's PING: once the
-	// PONG is back, the server has it.
-	if err := w.o.Conn.FlushTimeout(2 * time.Second); err != nil {
-		w.log.Debug("flush after a pull stopped", "error", err)
-	}
 }
 
 // keepAlive tells the server, every third of the ack wait, that the
@@ -610,11 +590,12 @@ func (pt *partition) pull(ctx context.Context, it jetstream.MessagesContext) {
 		}
 		pt.mu.Lock()
 		changed := pin != pt.pin
-		// The consumer numbers its deliveries, and all of them come here
-		// (pinned): one that skips a number went somewhere else, to a pull
-		// of this worker that is gone or on a NATS server that died.
-		skipped := pt.dseq != 0 && dseq != pt.dseq+1
-		pt.dseq = dseq
+		// The consumer numbers its deliveries (from 1 again after a reset),
+		// and all of them come here (pinned): one that skips a number went
+		// somewhere else, to a pull of this worker that was stopped (its
+		// unsubscribe still on its way) or on a NATS server that died.
+		skipped := (pt.dseq != 0 || pt.reset) && dseq != pt.dseq+1
+		pt.dseq, pt.reset = dseq, false
 		pt.mu.Unlock()
 		if changed || skipped {
 			// A new pin: this worker has just become the partition's owner,
@@ -627,17 +608,20 @@ func (pt *partition) pull(ctx context.Context, it jetstream.MessagesContext) {
 			if skipped && !changed {
 				w.log.Info("partition's deliveries skipped ahead: starting over from its ack floor", "partition", pt.k, "delivery", dseq)
 			}
-			w.stopPull(it)
+			it.Stop()
 			pt.drain()
 			rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			_, err := w.reqs.ResetConsumer(rctx, w.names.Consumer(pt.k))
 			cancel()
 			if err != nil {
 				w.log.Warn("reset partition to its ack floor", "partition", pt.k, "error", err)
+				pt.mu.Lock()
+				pt.pin = "" // the next request tries again
+				pt.mu.Unlock()
 				return
 			}
 			pt.mu.Lock()
-			pt.pin, pt.pinned, pt.dseq = pin, true, 0
+			pt.pin, pt.pinned, pt.dseq, pt.reset = pin, true, 0, true
 			pt.mu.Unlock()
 			w.log.Debug("partition pinned", "partition", pt.k, "pin", pin)
 			return
