@@ -398,7 +398,7 @@ func defaults() Config {
 			Anomaly:        Anomaly{MaxSeries: 100000, IdleTTL: time.Hour},
 			VAD:            VAD{MaxStreams: 10000, IdleTTL: 5 * time.Minute, MaxRequestSize: 512 << 10},
 			OCR:            OCR{MaxPixels: 4_000_000, MaxRequestSize: 2 << 20},
-			Detect:         Detect{MaxPixels: 4_000_000, MaxRequestSize: 2 << 20, MaxBatch: 8, MaxDelay: 2 * time.Millisecond},
+			Detect:         Detect{MaxPixels: 4_000_000, MaxRequestSize: 2 << 20, MaxBatch: 1, MaxDelay: 2 * time.Millisecond},
 			Chat: Chat{APIKeyEnv: "MQTTINFER_CHAT_API_KEY", Timeout: 2 * time.Minute, IdleTimeout: 30 * time.Second,
 				MaxTokens: 512, Cost: 8},
 		},
