@@ -185,10 +185,6 @@ func (h *authHook) OnDisconnect(cl *mqtt.Client, _ error, expire bool) {
 // every device memory, a worker's a few.
 const WorkerWritesPending = 8192
 
-// workerRoleProperty is the MQTT 5 CONNECT user property with which a
-// remote worker says what it is (worker.RoleProperty).
-const workerRoleProperty = "mqttinfer-role"
-
 // writesPending sizes a client's outbound queue once it has logged in: a
 // worker (its role with auth on; in open mode, a client that says so in
 // its CONNECT, or, over MQTT 3.1.1, a client id of the remote workers'
@@ -197,11 +193,11 @@ const workerRoleProperty = "mqttinfer-role"
 func (h *authHook) writesPending(cl *mqtt.Client) int {
 	if h.auth == nil {
 		for _, u := range cl.Properties.Props.User {
-			if u.Key == workerRoleProperty && u.Val == "worker" {
+			if u.Key == topics.WorkerRoleProperty && u.Val == topics.WorkerRole {
 				return WorkerWritesPending
 			}
 		}
-		if strings.Contains(cl.ID, "-worker-") {
+		if strings.Contains(cl.ID, topics.WorkerIDMark) {
 			return WorkerWritesPending
 		}
 		return 0

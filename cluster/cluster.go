@@ -134,13 +134,13 @@ func (n Names) StatusBucket() string { return "MQTTINFER_" + n.ns + "_STATUS" }
 // p: the device's last request still queued can be read directly (an edge
 // that takes over a device restores its throttle bucket from it).
 func (n Names) RequestSubject(p int, device string) string {
-	return "mqttinfer." + n.ns + ".req." + strconv.Itoa(p) + "." + DeviceToken(device)
+	return n.partition(p) + DeviceToken(device)
 }
 
 // PartitionSubjects is the filter of partition p's requests.
-func (n Names) PartitionSubjects(p int) string {
-	return "mqttinfer." + n.ns + ".req." + strconv.Itoa(p) + ".*"
-}
+func (n Names) PartitionSubjects(p int) string { return n.partition(p) + "*" }
+
+func (n Names) partition(p int) string { return "mqttinfer." + n.ns + ".req." + strconv.Itoa(p) + "." }
 
 func (n Names) requestSubjects() string { return "mqttinfer." + n.ns + ".req.*.*" }
 
@@ -298,33 +298,56 @@ func Connect(urls, name string, log *slog.Logger) (*nats.Conn, error) {
 }
 
 // setupRetry is Setup followed by then (the caller's look-ups of what Setup
-// made), both tried again until ctx ends while the cluster is not ready yet
-// (not connected, JetStream electing its leaders): each try has 5 seconds,
-// so that a request the cluster never answers does not use up ctx.
+// made), both tried again (retry, 5 s a try) until ctx ends while the
+// cluster is not ready yet (not connected, JetStream electing its leaders).
 func setupRetry(ctx context.Context, nc *nats.Conn, js jetstream.JetStream, o Options, log *slog.Logger, then func(context.Context, Options) error) (Options, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	var got Options
+	err := retry(ctx, 5*time.Second, 500*time.Millisecond, isConfigError, func(ctx context.Context) error {
+		var err error
+		if got, err = Setup(ctx, nc, js, o); err == nil && then != nil {
+			err = then(ctx, got)
+		}
+		if err != nil && !isConfigError(err) {
+			log.Info("waiting for NATS JetStream", "error", err)
+		}
+		return err
+	})
+	if err != nil && !isConfigError(err) {
+		err = fmt.Errorf("NATS JetStream not ready: %w", err)
+	}
+	return got, err
+}
+
+// retry calls f, each time with at most try of ctx, until it succeeds or
+// fails with an error that final says waiting will not mend, pausing pause
+// between calls; when ctx ends it returns the last error. The cluster's
+// requests are retried so while a NATS server is replaced or JetStream
+// elects a leader: a request that is never answered costs one try, not the
+// caller's whole time.
+func retry(ctx context.Context, try, pause time.Duration, final func(error) bool, f func(context.Context) error) error {
 	for {
-		actx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		got, err := Setup(actx, nc, js, o)
-		if err == nil && then != nil {
-			err = then(actx, got)
-		}
+		actx, cancel := context.WithTimeout(ctx, try)
+		err := f(actx)
 		cancel()
-		if err == nil {
-			return got, nil
+		if err == nil || final(err) {
+			return err
 		}
-		if isConfigError(err) {
-			return got, err
-		}
-		log.Info("waiting for NATS JetStream", "error", err)
 		select {
 		case <-ctx.Done():
-			return got, fmt.Errorf("NATS JetStream not ready: %w", err)
-		case <-time.After(500 * time.Millisecond):
+			return err
+		case <-time.After(pause):
 		}
 	}
+}
+
+// isAPIError reports whether JetStream answered err (a refusal, such as a
+// full stream), which asking again does not change.
+func isAPIError(err error) bool {
+	var e *jetstream.APIError
+	return errors.As(err, &e)
 }
 
 // configError is a Setup error that waiting does not mend.

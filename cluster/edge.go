@@ -208,7 +208,7 @@ func (e *Edge) Dispatch(r *pipeline.Request) error {
 		defer r.Done()
 	}
 	ack, err := publishAck(e.js, m, publishTimeout)
-	if apiErr := (*jetstream.APIError)(nil); errors.As(err, &apiErr) {
+	if isAPIError(err) {
 		e.log.Debug("request refused by the request stream", "device", r.Topic.Device, "error", err)
 		return api.Errorf(api.Overloaded, "the cluster's request queue is full (%d waiting); retry later", e.o.MaxQueued)
 	}
@@ -238,22 +238,13 @@ func (e *Edge) Dispatch(r *pipeline.Request) error {
 func publishAck(js jetstream.JetStream, m *nats.Msg, total time.Duration) (*jetstream.PubAck, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), total)
 	defer cancel()
-	for {
-		actx, acancel := context.WithTimeout(ctx, 2*time.Second)
-		ack, err := js.PublishMsg(actx, m)
-		acancel()
-		if err == nil {
-			return ack, nil
-		}
-		if apiErr := (*jetstream.APIError)(nil); errors.As(err, &apiErr) {
-			return nil, err // the stream refused it (full): trying again will not help
-		}
-		select {
-		case <-ctx.Done():
-			return nil, err
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	var ack *jetstream.PubAck
+	err := retry(ctx, 2*time.Second, 50*time.Millisecond, isAPIError, func(ctx context.Context) error {
+		var err error
+		ack, err = js.PublishMsg(ctx, m)
+		return err
+	})
+	return ack, err
 }
 
 // pumpCheck is how long the result pump may hear nothing from its consumer
@@ -486,7 +477,7 @@ func (e *Edge) restoreBucket(device string) {
 		if m == nil {
 			continue
 		}
-		if r, t, ok := bucketOf(m.Header); ok && t.After(at) {
+		if r, t := rateLimitOf(m.Header), receivedAt(m.Header); r != nil && t.After(at) {
 			rl, at = r, t
 		}
 	}
@@ -502,24 +493,19 @@ func (e *Edge) restoreBucket(device string) {
 }
 
 // lastMsg is the last message of subject in s, nil when there is none,
-// asked again every 100 ms while s does not answer, until ctx ends.
+// asked again (retry, 1 s a try) while s does not answer, until ctx ends.
 func lastMsg(ctx context.Context, s jetstream.Stream, subject string) (*jetstream.RawStreamMsg, error) {
-	for {
-		actx, cancel := context.WithTimeout(ctx, time.Second)
-		m, err := s.GetLastMsgForSubject(actx, subject)
-		cancel()
-		switch {
-		case err == nil:
-			return m, nil
-		case errors.Is(err, jetstream.ErrMsgNotFound):
-			return nil, nil
-		}
-		select {
-		case <-ctx.Done():
-			return nil, err
-		case <-time.After(100 * time.Millisecond):
-		}
+	notFound := func(err error) bool { return errors.Is(err, jetstream.ErrMsgNotFound) }
+	var m *jetstream.RawStreamMsg
+	err := retry(ctx, time.Second, 100*time.Millisecond, notFound, func(ctx context.Context) error {
+		var err error
+		m, err = s.GetLastMsgForSubject(ctx, subject)
+		return err
+	})
+	if notFound(err) {
+		return nil, nil
 	}
+	return m, err
 }
 
 // Subscribed starts the replay of the results a device missed, once per

@@ -91,38 +91,46 @@ func parseRequest(prefix string, m *nats.Msg) (*pipeline.Request, string, error)
 		return nil, "", fmt.Errorf("%w: topic %q, key %q: %v", errBadMessage, h.Get(hdrTopic), key, err)
 	}
 	qos, _ := strconv.Atoi(h.Get(hdrQoS))
-	ns, _ := strconv.ParseInt(h.Get(hdrReceived), 10, 64)
 	r := &pipeline.Request{
 		Topic:         t,
 		Payload:       m.Data,
 		QoS:           byte(min(max(qos, 0), 2)),
-		Received:      time.Unix(0, ns),
+		Received:      receivedAt(h),
 		ContentType:   h.Get(hdrContentType),
 		ResponseTopic: pipeline.VetResponseTopic(t, h.Get(hdrResponse)),
 	}
-	if ns == 0 {
+	if r.Received.IsZero() {
 		r.Received = time.Now()
 	}
 	if c := h.Get(hdrCorrelation); c != "" {
 		r.CorrelationData, _ = base64.StdEncoding.DecodeString(c)
 	}
-	r.RateLimit, _, _ = bucketOf(h)
+	r.RateLimit = rateLimitOf(h)
 	return r, key, nil
 }
 
-// bucketOf is the device's bucket a request or result message carries
-// (as admitting the request left it), and when the request was received.
-func bucketOf(h nats.Header) (*api.RateLimit, time.Time, bool) {
+// receivedAt is when the edge read the request a message carries (or
+// answers); zero when it does not say.
+func receivedAt(h nats.Header) time.Time {
+	ns, _ := strconv.ParseInt(h.Get(hdrReceived), 10, 64)
+	if ns == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, ns)
+}
+
+// rateLimitOf is the device's bucket a request or result message carries,
+// as admitting the request left it; nil when it carries none.
+func rateLimitOf(h nats.Header) *api.RateLimit {
 	rl := h.Get(hdrRateLimit)
 	if rl == "" {
-		return nil, time.Time{}, false
+		return nil
 	}
 	var l api.RateLimit
 	if json.Unmarshal([]byte(rl), &l) != nil {
-		return nil, time.Time{}, false
+		return nil
 	}
-	ns, _ := strconv.ParseInt(h.Get(hdrReceived), 10, 64)
-	return &l, time.Unix(0, ns), true
+	return &l
 }
 
 // resultMsg is the message that carries reply n (0, 1, ... in the order

@@ -583,11 +583,12 @@ func (pt *partition) pull(ctx context.Context, it jetstream.MessagesContext) {
 			}
 			return
 		}
-		pin := msg.Headers().Get("Nats-Pin-Id")
-		var dseq uint64
-		if meta, err := msg.Metadata(); err == nil {
-			dseq = meta.Sequence.Consumer
+		meta, err := msg.Metadata()
+		if err != nil {
+			_ = msg.Term()
+			continue
 		}
+		pin, dseq := msg.Headers().Get("Nats-Pin-Id"), meta.Sequence.Consumer
 		pt.mu.Lock()
 		changed := pin != pt.pin
 		// The consumer numbers its deliveries (from 1 again after a reset),
@@ -626,18 +627,13 @@ func (pt *partition) pull(ctx context.Context, it jetstream.MessagesContext) {
 			w.log.Debug("partition pinned", "partition", pt.k, "pin", pin)
 			return
 		}
-		pt.serve(msg)
+		pt.serve(msg, meta)
 	}
 }
 
 // serve runs one request message.
-func (pt *partition) serve(msg jetstream.Msg) {
+func (pt *partition) serve(msg jetstream.Msg, meta *jetstream.MsgMetadata) {
 	w := pt.w
-	meta, err := msg.Metadata()
-	if err != nil {
-		_ = msg.Term()
-		return
-	}
 	r, key, err := parseRequest(w.o.Prefix, natsMsg(msg))
 	if err != nil {
 		w.o.Metrics.Rejected("bad_message")

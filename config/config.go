@@ -498,6 +498,11 @@ var instance = sync.OnceValue(func() string {
 	return hex.EncodeToString(b[:])
 })
 
+// workerNode is a worker's default node id: the host's, and random.
+func workerNode(host, random string) string {
+	return clip(host, topics.MaxIDLen-len(random)-1) + "-" + random
+}
+
 // workerClientID is the default client id of `mqttinfer worker`:
 // "<prefix>-worker-<random>", with the prefix's characters outside
 // [A-Za-z0-9._-] ('/' included) made '-' and the prefix cut so that the
@@ -505,13 +510,8 @@ var instance = sync.OnceValue(func() string {
 // Deriving it from the prefix keeps the workers of two services that share a
 // broker (a public demo broker) apart; random keeps two workers of one
 // service apart.
-// workerNode is a worker's default node id: the host's, and random.
-func workerNode(host, random string) string {
-	return clip(host, topics.MaxIDLen-len(random)-1) + "-" + random
-}
-
 func workerClientID(prefix, random string) string {
-	suffix := "-worker-" + random
+	suffix := topics.WorkerIDMark + random
 	return clip(sanitizeID(prefix), max(topics.MaxIDLen-len(suffix), 1)) + suffix
 }
 

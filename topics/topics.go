@@ -27,6 +27,17 @@ const DefaultPrefix = "mqttinfer"
 // MaxIDLen is the longest device, model or node id, in bytes.
 const MaxIDLen = 64
 
+// A remote worker tells mqttinfer's broker what it is, so that its
+// connection gets a worker's deep outbound queue: in an MQTT 5 CONNECT by
+// the user property WorkerRoleProperty set to WorkerRole, and over MQTT
+// 3.1.1 by its default client id, "<prefix>-worker-<random>", which holds
+// WorkerIDMark.
+const (
+	WorkerRoleProperty = "mqttinfer-role"
+	WorkerRole         = "worker"
+	WorkerIDMark       = "-worker-"
+)
+
 // Versions lists the supported API versions, oldest first.
 var versions = []string{"v1", "v2"}
 

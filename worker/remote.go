@@ -149,10 +149,6 @@ type Remote struct {
 	incs map[string]bool // the incarnations of this process
 }
 
-// RoleProperty is the MQTT 5 CONNECT user property with which a remote
-// worker says what it is ("worker").
-const RoleProperty = "mqttinfer-role"
-
 // NewRemote checks opts and returns a Remote ready to Run.
 func NewRemote(core *Core, opts RemoteOptions) (*Remote, error) {
 	if core == nil || core.Models == nil {
@@ -388,7 +384,7 @@ func (s *session) connect(ctx context.Context) error {
 		// Tells mqttinfer's broker in open mode that this client takes
 		// every request (it gives it a deeper queue); with auth on the
 		// worker role says so, and other brokers ignore it.
-		ConnectUser: []mqttclient.UserProperty{{Key: RoleProperty, Value: "worker"}},
+		ConnectUser: []mqttclient.UserProperty{{Key: topics.WorkerRoleProperty, Value: topics.WorkerRole}},
 		OnMessage:   func(m mqttclient.Message) { s.events <- m },
 	})
 	return err
