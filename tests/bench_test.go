@@ -57,8 +57,9 @@ func BenchmarkRoundTrip(b *testing.B) {
 
 // BenchmarkFrontDoors compares one request's round trip through the two
 // front doors of the same service and model: MQTT (QoS 1, request topic to
-// result topic) and HTTP (POST /v1/models/anomaly/infer). Sequential, one
-// client each; the ratio of the two is the gateway's overhead.
+// result topic; a paho device, and a lean one as in BenchmarkTimeToFirstToken)
+// and HTTP (POST /v1/models/anomaly/infer). Sequential, one client each; the
+// ratio of the two is the gateway's overhead.
 func BenchmarkFrontDoors(b *testing.B) {
 	cfg := testConfig(b)
 	cfg.Throttle.Enabled = false
@@ -71,6 +72,14 @@ func BenchmarkFrontDoors(b *testing.B) {
 		for b.Loop() {
 			d.publish(topic, body)
 			<-d.msgs
+		}
+	})
+	b.Run("mqtt-lean", func(b *testing.B) {
+		d := newLeanDevice(b, svc.MQTTAddr(), cfg.Prefix, "bench-mqtt-lean")
+		topic := topics.Request(cfg.Prefix, "v1", "bench-mqtt-lean", "anomaly")
+		for b.Loop() {
+			d.publish(topic, body)
+			d.next()
 		}
 	})
 	b.Run("http", func(b *testing.B) {
@@ -91,16 +100,22 @@ func BenchmarkFrontDoors(b *testing.B) {
 
 // BenchmarkTimeToFirstToken measures the time from asking to the first
 // token of a chat answer: straight from a local OpenAI-compatible server
-// (the baseline), relayed over MQTT as a delta event, and relayed over HTTP
-// as a Server-Sent Event.
+// (the baseline), relayed over MQTT as a delta event (a paho device, and a
+// lean one that reads and writes on the benchmark's goroutine), and relayed
+// over HTTP as a Server-Sent Event. The server holds the rest of the answer
+// until the first token has arrived, as a real model takes milliseconds per
+// token: otherwise the first token's time would also carry the rest of the
+// answer, relayed at once on the same two cores.
 func BenchmarkTimeToFirstToken(b *testing.B) {
-	srv := httptest.NewServer(&chatBackend{answer: "first second third"})
+	backend := &chatBackend{answer: "first second third", next: make(chan struct{})}
+	srv := httptest.NewServer(backend)
 	b.Cleanup(srv.Close)
 	cfg := testConfig(b)
 	cfg.Throttle.Enabled = false
 	cfg.Models.Chat.BaseURL, cfg.Models.Chat.Model = srv.URL+"/v1", "tiny"
 	svc := startService(b, cfg)
 	ask := []byte(`{"stream":true,"input":{"prompt":"hi"}}`)
+	done := []byte(`"event":"done"`)
 	firstData := func(r io.Reader) {
 		sc := bufio.NewScanner(r)
 		for sc.Scan() {
@@ -108,6 +123,13 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 				return
 			}
 		}
+	}
+	// rest lets the server finish the answer and waits for it, off the clock.
+	rest := func(b *testing.B, wait func()) {
+		b.StopTimer()
+		backend.next <- struct{}{}
+		wait()
+		b.StartTimer()
 	}
 
 	b.Run("direct", func(b *testing.B) {
@@ -118,8 +140,10 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 				b.Fatal(err)
 			}
 			firstData(resp.Body)
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
+			rest(b, func() {
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			})
 		}
 	})
 	b.Run("mqtt", func(b *testing.B) {
@@ -128,14 +152,22 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 		for b.Loop() {
 			d.publish(topic, ask)
 			<-d.msgs // the first delta
-			b.StopTimer()
-			for {
-				m := <-d.msgs
-				if bytes.Contains(m.Payload(), []byte(`"event":"done"`)) {
-					break
+			rest(b, func() {
+				for m := <-d.msgs; !bytes.Contains(m.Payload(), done); m = <-d.msgs {
 				}
-			}
-			b.StartTimer()
+			})
+		}
+	})
+	b.Run("mqtt-lean", func(b *testing.B) {
+		d := newLeanDevice(b, svc.MQTTAddr(), cfg.Prefix, "bench-chat-lean")
+		topic := topics.Request(cfg.Prefix, "v1", "bench-chat-lean", "chat")
+		for b.Loop() {
+			d.publish(topic, ask)
+			d.next() // the first delta
+			rest(b, func() {
+				for !bytes.Contains(d.next(), done) {
+				}
+			})
 		}
 	})
 	b.Run("sse", func(b *testing.B) {
@@ -148,10 +180,10 @@ func BenchmarkTimeToFirstToken(b *testing.B) {
 				b.Fatal(err)
 			}
 			firstData(resp.Body)
-			b.StopTimer()
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			b.StartTimer()
+			rest(b, func() {
+				_, _ = io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			})
 		}
 	})
 }

@@ -19,10 +19,14 @@ import (
 // chatBackend is a local OpenAI-compatible server that streams the words of
 // answer as Chat Completions chunks, the way Ollama's /v1 does (a usage
 // chunk, then data: [DONE]). With hold set, it stops after the first word
-// until the client goes away, and reports that on gone.
+// until the client goes away, and reports that on gone. With next set, it
+// waits for a value on next after the first word, as a real model takes
+// milliseconds to decode each token: a benchmark of the first token then
+// does not also carry the rest of the answer arriving at once.
 type chatBackend struct {
 	answer string
 	hold   bool
+	next   chan struct{}
 	gone   chan struct{}
 	seen   chan map[string]any // the request bodies
 }
@@ -53,6 +57,13 @@ func (b *chatBackend) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			word = " " + word
 		}
 		chunk(word, "")
+		if i == 0 && b.next != nil {
+			select {
+			case <-b.next:
+			case <-r.Context().Done():
+				return
+			}
+		}
 		if b.hold {
 			<-r.Context().Done()
 			close(b.gone)
