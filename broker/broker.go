@@ -61,6 +61,12 @@ type Options struct {
 	// MaxClientWritesPending bounds each client's outbound queue, in
 	// messages. mochi's default of 8192 costs ~88 KB per idle client. 0 = 256.
 	MaxClientWritesPending int
+	// ReadIdleRestart moves the read loop of a client that has sent
+	// nothing for this long to a new goroutine with a small stack: handling
+	// a SUBSCRIBE or a request grows a read loop's stack to 32 KB, which
+	// the node does not shrink (cmd/mqttinfer: gcshrinkstackoff), and most
+	// of a fleet is idle most of the time. 0 = 10s, negative = never.
+	ReadIdleRestart time.Duration
 	// MaxClients refuses connections past this many; 0 = unlimited.
 	MaxClients int
 	// SessionExpiry caps how long a disconnected persistent session is kept. 0 = 1h.
@@ -133,6 +139,9 @@ func New(opts Options) (*Broker, error) {
 	if opts.SessionExpiry == 0 {
 		opts.SessionExpiry = time.Hour
 	}
+	if opts.ReadIdleRestart == 0 {
+		opts.ReadIdleRestart = 10 * time.Second
+	}
 	if opts.MaxKeepAlive == 0 {
 		opts.MaxKeepAlive = time.Minute
 	}
@@ -163,6 +172,7 @@ func New(opts Options) (*Broker, error) {
 		InlineClient:        true,
 		Logger:              quietLogger(opts.Log.With("lib", "mochi")),
 		ClientWritesPending: func(cl *mqtt.Client) int { return auth.writesPending(cl) },
+		ReadIdleRestart:     max(opts.ReadIdleRestart, 0),
 	})
 	b := &Broker{opts: opts, srv: srv, log: opts.Log, closed: make(chan struct{})}
 

@@ -14,7 +14,9 @@
 #      against one embedded node on the same load, and the backbone's
 #      durable path (JetStream) against core NATS request/reply
 #   5. idle RSS per connected device with 2,000 idle devices, at several
-#      max_client_writes_pending (ours: 256; mochi's default: 8192)
+#      max_client_writes_pending (ours: 256; mochi's default: 8192), and
+#      for ours again 20 s later, once the idle readers have moved to small
+#      stacks
 #
 # Everything listens on 127.0.0.1 on free ports and is stopped at the end.
 # Usage: scripts/bench.sh [path/to/mqttinfer] [cluster]   (cluster: only section 4)
@@ -244,6 +246,13 @@ for pending in 64 256 1024 8192; do
 	per=$(( (after - before) * 1024 / IDLE ))
 	echo "max_client_writes_pending=$pending: RSS ${before} KB -> ${after} KB with ${n:-?} clients: $per bytes per idle device"
 	eval "per_$pending=$per"
+	if [ "$pending" = 256 ]; then
+		# Settled: after 10 s without a packet each reader moves to a small
+		# stack, and the node returns the memory freed (checked every 5 s).
+		sleep 18
+		settled=$(rss_kb "$pid")
+		echo "max_client_writes_pending=$pending, 20 s later: RSS ${settled} KB: $(( (settled - before) * 1024 / IDLE )) bytes per idle device"
+	fi
 	kill "$spid" "$pid" 2>/dev/null || true; wait "$spid" "$pid" 2>/dev/null || true
 done
 echo "ratio idle memory per device, mochi default (8192) / ours (256): $(python3 -c "print(round($per_8192/$per_256, 2))")x; 64 / 256: $(python3 -c "print(round($per_64/$per_256, 2))")x"

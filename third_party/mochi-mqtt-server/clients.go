@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -157,6 +158,7 @@ type ClientState struct {
 	outboundQty     int32                // number of messages currently in the outbound queue
 	Keepalive       uint16               // the number of seconds the connection can wait
 	ServerKeepalive bool                 // keepalive was set by the server
+	readDeadline    time.Time            // when the keep-alive runs out (mqttinfer patch)
 }
 
 // newClient returns a new instance of Client. This is almost exclusively used by Server
@@ -273,9 +275,59 @@ func (cl *Client) refreshDeadline(keepalive uint16) {
 		expiry = time.Now().Add(time.Duration(keepalive+(keepalive/2)) * time.Second) // [MQTT-3.1.2-22]
 	}
 
+	cl.State.readDeadline = expiry
 	if cl.Net.Conn != nil {
 		_ = cl.Net.Conn.SetDeadline(expiry) // [MQTT-3.1.2-22]
 	}
+}
+
+// errReadIdle ends a read loop whose client has been idle for
+// Options.ReadIdleRestart; the server waits for its next packet on a new
+// goroutine (mqttinfer patch).
+var errReadIdle = errors.New("client idle")
+
+// awaitPacket waits until the client's next packet has begun to arrive:
+// for idle at most (0: until the keep-alive runs out), else errReadIdle.
+// Nothing is consumed, so that a packet's header is never split by a
+// timeout; the caller refreshes the deadline before reading the packet.
+// Only connections whose reads survive a timeout are waited on this way:
+// a WebSocket connection does not (mqttinfer patch).
+func (cl *Client) awaitPacket(idle time.Duration) error {
+	if cl.Net.bconn == nil {
+		return ErrConnectionClosed
+	}
+	var at time.Time
+	if idle > 0 {
+		at = time.Now().Add(idle)
+		if ka := cl.State.readDeadline; !ka.IsZero() && !ka.After(at) {
+			at = time.Time{} // the keep-alive runs out first
+		}
+	}
+	if !at.IsZero() {
+		_ = cl.Net.Conn.SetReadDeadline(at)
+	}
+	_, err := cl.Net.bconn.Peek(1)
+	var ne net.Error
+	if !at.IsZero() && errors.As(err, &ne) && ne.Timeout() {
+		// at, not the keep-alive, ran out. (After a packet, the caller
+		// sets the keep-alive's deadline anew.)
+		_ = cl.Net.Conn.SetReadDeadline(cl.State.readDeadline)
+		return errReadIdle
+	}
+	return err
+}
+
+// restartsWhenIdle reports whether the client's read loop moves to a new
+// goroutine when it is idle (Options.ReadIdleRestart; mqttinfer patch).
+func (cl *Client) restartsWhenIdle() bool {
+	if cl.ops.options.ReadIdleRestart <= 0 {
+		return false
+	}
+	switch cl.Net.Conn.(type) {
+	case *net.TCPConn, *tls.Conn, *net.UnixConn:
+		return true
+	}
+	return false
 }
 
 // NextPacketID returns the next available (unused) packet id for the client.
@@ -373,11 +425,17 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 func (cl *Client) Read(packetHandler ReadFn) error {
 	var err error
 
+	restart := cl.restartsWhenIdle()
 	for {
 		if cl.Closed() {
 			return nil
 		}
 
+		if restart && cl.Net.bconn.Buffered() == 0 {
+			if err := cl.awaitPacket(cl.ops.options.ReadIdleRestart); err != nil {
+				return err
+			}
+		}
 		cl.refreshDeadline(cl.State.Keepalive)
 		fh := new(packets.FixedHeader)
 		err = cl.ReadFixedHeader(fh)

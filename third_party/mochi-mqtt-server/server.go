@@ -119,6 +119,14 @@ type Options struct {
 	// every client paying for it (mqttinfer patch).
 	ClientWritesPending func(cl *Client) int `yaml:"-" json:"-"`
 
+	// ReadIdleRestart, when set, moves the read loop of a client that has
+	// sent nothing for that long (over TCP, TLS or a Unix socket) to a new
+	// goroutine, whose stack holds only the wait for the next packet: the
+	// stack its old one grew to while handling packets (a SUBSCRIBE takes
+	// it past 16 KB) is freed while the client is idle. 0 keeps one read
+	// goroutine for the connection's life (mqttinfer patch).
+	ReadIdleRestart time.Duration `yaml:"-" json:"-"`
+
 	// Logger specifies a custom configured implementation of log/slog to override
 	// the servers default logger configuration. If you wish to change the log level,
 	// of the default logger, you can do so by setting:
@@ -508,13 +516,34 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 }
 
 // readClient reads a client's packets until it disconnects, then ends its
-// session (mqttinfer patch: formerly the end of attachClient).
+// session (mqttinfer patch: formerly the end of attachClient). A client
+// idle for Options.ReadIdleRestart is then awaited on a new goroutine.
 func (s *Server) readClient(cl *Client, listener string) {
+	err := cl.Read(s.receivePacket)
+	if errors.Is(err, errReadIdle) {
+		go s.awaitClient(cl, listener)
+		return
+	}
+	s.endClient(cl, listener, err)
+}
+
+// awaitClient waits on a small stack for an idle client's next packet, then
+// reads on (mqttinfer patch).
+func (s *Server) awaitClient(cl *Client, listener string) {
+	if err := cl.awaitPacket(0); err != nil {
+		s.endClient(cl, listener, err)
+		return
+	}
+	s.readClient(cl, listener)
+}
+
+// endClient ends the session of a client whose read loop has ended with err
+// (nil: it disconnected).
+func (s *Server) endClient(cl *Client, listener string, err error) {
 	defer s.Listeners.ClientsWg.Done()
 	defer cl.Stop(nil)
 	defer atomic.AddInt64(&s.Info.ClientsConnected, -1)
 
-	err := cl.Read(s.receivePacket)
 	if err != nil {
 		s.sendLWT(cl)
 		cl.Stop(err)
