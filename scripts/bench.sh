@@ -126,15 +126,28 @@ run() {
 	esac
 	args=(--rate "$(python3 -c "print($LOAD/$n)")")
 	[ "$mode" = peak ] && args=(--closed-loop)
-	local f="$work/$sys-$n-$mode.json" c0 c1
+	local f="$work/$sys-$n-$mode.json" c0 c1 rss=0 sampler=
 	# shellcheck disable=SC2086
 	c0=$(cpu_ms $procs)
+	# The embedded node's RSS is sampled through the run: its highest,
+	# less its RSS at start, over the devices, is what an active device
+	# costs (the VmHWM below also covers the peak runs' queues).
+	if [ "$sys" = embedded ]; then
+		(m=0; while kill -0 "$epid" 2>/dev/null; do r=$(rss_kb "$epid"); [ "$r" -gt "$m" ] && { m=$r; echo "$m" >"$work/rss-max"; }; sleep 0.25; done) & sampler=$!
+	fi
 	"$BIN" sim --broker "tcp://127.0.0.1:$port" --devices "$n" "${args[@]}" --lean --qos 1 --duration "$DUR" --drain 5s \
 		--id-prefix "${sys//+/_}-$n-$mode-" --seed 1 --connect-concurrency 256 --json >"$f"
 	# shellcheck disable=SC2086
 	c1=$(cpu_ms $procs)
-	jq --arg cpu "$(per_rt "$c0" "$c1" "$f")" '. + {service_cpu_per_request_us: ($cpu | tonumber)}' "$f" >"$f.tmp" && mv "$f.tmp" "$f"
+	if [ -n "$sampler" ]; then
+		kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null || true
+		rss=$(cat "$work/rss-max"); rm -f "$work/rss-max"
+	fi
+	jq --arg cpu "$(per_rt "$c0" "$c1" "$f")" --arg rss "$rss" '. + {service_cpu_per_request_us: ($cpu | tonumber), service_rss_max_kb: ($rss | tonumber)}' "$f" >"$f.tmp" && mv "$f.tmp" "$f"
 	jq -r --arg sys "$sys" --arg mode "$mode" '"\($sys|.[0:16]) \(.devices) devices \($mode): \(.round_trips_per_sec|floor) rt/s, p50 \(.latency.p50_ms) ms, p99 \(.latency.p99_ms) ms, ok \(.ok)/\(.sent), lost \(.lost), errors \(.errors|tostring); CPU per rt: service \(.service_cpu_per_request_us) us, simulator \(.sim_cpu_per_request_us|floor) us"' "$f"
+	if [ -n "$sampler" ]; then
+		echo "embedded RSS during the run: at most ${rss} KB, $(( (rss - erss0) * 1024 / n )) bytes per device over the ${erss0} KB at start"
+	fi
 }
 systems="embedded broker+worker"
 [ -n "$have_mosquitto" ] && systems="$systems mosquitto+worker"
