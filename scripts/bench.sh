@@ -126,13 +126,28 @@ run() {
 	esac
 	args=(--rate "$(python3 -c "print($LOAD/$n)")")
 	[ "$mode" = peak ] && args=(--closed-loop)
+	if [ "$mode" = connect ]; then
+		# Connecting alone: the devices connect, subscribe, idle a second
+		# and leave. The equal-load runs include this cost, which at 10,000
+		# devices is as large as that of their requests.
+		local c0 c1
+		# shellcheck disable=SC2086
+		c0=$(cpu_ms $procs)
+		"$BIN" sim --broker "tcp://127.0.0.1:$port" --devices "$n" --rate 0.0001 --lean --duration 1s --drain -1s \
+			--id-prefix "${sys//+/_}-$n-connect-" --connect-concurrency 256 --json >/dev/null
+		sleep 1 # the sessions end
+		# shellcheck disable=SC2086
+		c1=$(cpu_ms $procs)
+		echo "${sys:0:16} $n devices connect, subscribe and leave: service CPU $(( (c1 - c0) * 1000 / n )) us per device"
+		return
+	fi
 	local f="$work/$sys-$n-$mode.json" c0 c1 rss=0 sampler=
 	# shellcheck disable=SC2086
 	c0=$(cpu_ms $procs)
 	# The embedded node's RSS is sampled through the run: its highest,
 	# less its RSS at start, over the devices, is what an active device
 	# costs (the VmHWM below also covers the peak runs' queues).
-	if [ "$sys" = embedded ]; then
+	if [ "$sys" = embedded ] && [ "$n" -ge 1000 ]; then
 		(m=0; while kill -0 "$epid" 2>/dev/null; do r=$(rss_kb "$epid"); [ "$r" -gt "$m" ] && { m=$r; echo "$m" >"$work/rss-max"; }; sleep 0.25; done) & sampler=$!
 	fi
 	"$BIN" sim --broker "tcp://127.0.0.1:$port" --devices "$n" "${args[@]}" --lean --qos 1 --duration "$DUR" --drain 5s \
@@ -155,6 +170,7 @@ for n in $COUNTS; do
 	for sys in $systems; do
 		run "$sys" "$n" equal
 		run "$sys" "$n" peak
+		if [ "$n" -ge 10000 ]; then run "$sys" "$n" connect; fi
 	done
 	python3 - "$work" "$n" $systems <<'PY'
 import json, sys
