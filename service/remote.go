@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/nats-io/nats.go"
 
@@ -45,7 +44,7 @@ type Worker struct {
 // the address is known) without serving yet. cfg must have passed Validate.
 func NewWorker(cfg config.Config, log *slog.Logger) (*Worker, error) {
 	w := &Worker{cfg: cfg, log: log, reg: prometheus.NewRegistry()}
-	w.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	w.reg.MustRegister(metrics.Runtime()...)
 	m := metrics.New(w.reg)
 	var err error
 	if w.models, err = NewModels(cfg, log); err != nil {

@@ -17,7 +17,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/nats-io/nats.go"
 
@@ -69,7 +68,7 @@ type Service struct {
 // known) without serving yet. cfg must have passed Validate.
 func New(cfg config.Config, log *slog.Logger) (*Service, error) {
 	s := &Service{cfg: cfg, log: log, reg: prometheus.NewRegistry()}
-	s.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	s.reg.MustRegister(metrics.Runtime()...)
 	m := metrics.New(s.reg)
 	s.metrics = m
 
