@@ -101,7 +101,7 @@ func (l *leanConn) handshake(r *bufio.Reader, clientID, user, pass, filter strin
 	if err := l.write(func(b *bytes.Buffer) error { return pk.ConnectEncode(b) }); err != nil {
 		return err
 	}
-	in, err := readPacket(r)
+	in, err := ReadPacket(r)
 	if err != nil {
 		return err
 	}
@@ -113,7 +113,7 @@ func (l *leanConn) handshake(r *bufio.Reader, clientID, user, pass, filter strin
 	if err := l.write(func(b *bytes.Buffer) error { return sub.SubscribeEncode(b) }); err != nil {
 		return err
 	}
-	if in, err = readPacket(r); err != nil {
+	if in, err = ReadPacket(r); err != nil {
 		return err
 	}
 	if in.FixedHeader.Type != packets.Suback || len(in.ReasonCodes) != 1 || in.ReasonCodes[0] >= 0x80 {
@@ -122,8 +122,9 @@ func (l *leanConn) handshake(r *bufio.Reader, clientID, user, pass, filter strin
 	return nil
 }
 
-// readPacket reads and decodes one packet of MQTT 3.1.1.
-func readPacket(r *bufio.Reader) (packets.Packet, error) {
+// ReadPacket reads and decodes one packet of MQTT 3.1.1 that a broker sends
+// a device (CONNACK, SUBACK, PUBLISH, PUBACK, PINGRESP).
+func ReadPacket(r *bufio.Reader) (packets.Packet, error) {
 	pk := packets.Packet{ProtocolVersion: 4}
 	hb, err := r.ReadByte()
 	if err != nil {
@@ -173,7 +174,7 @@ func (l *leanConn) read(r *bufio.Reader) {
 	}()
 	for {
 		var pk packets.Packet
-		if pk, err = readPacket(r); err != nil {
+		if pk, err = ReadPacket(r); err != nil {
 			return
 		}
 		if pk.FixedHeader.Type != packets.Publish {

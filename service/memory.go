@@ -25,14 +25,14 @@ const (
 	releaseStackMin = 16 << 20
 )
 
-// stackBytes is the memory held for goroutine stacks.
-var stackBytes = []metrics.Sample{{Name: "/memory/classes/heap/stacks:bytes"}}
-
 // releaseMemory watches the connected clients and the stacks until ctx ends.
 func (s *Service) releaseMemory(ctx context.Context) {
 	t := time.NewTicker(releaseEvery)
 	defer t.Stop()
 	peak, stackPeak := 0, uint64(0)
+	// The memory held for goroutine stacks (a sample of this goroutine's
+	// own: several services may run in one process).
+	stackBytes := []metrics.Sample{{Name: "/memory/classes/heap/stacks:bytes"}}
 	for {
 		select {
 		case <-ctx.Done():

@@ -3,13 +3,12 @@ package tests
 import (
 	"bufio"
 	"bytes"
-	"fmt"
-	"io"
 	"net"
 	"testing"
 
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	devicesim "github.com/mqttinfer/mqttinfer/device-sim"
 	"github.com/mqttinfer/mqttinfer/topics"
 )
 
@@ -17,7 +16,8 @@ import (
 // read and written by the benchmark's own goroutine, packets encoded and
 // decoded by mochi's packets package. A paho client hands each packet
 // through several goroutines; on two shared cores those hand-offs are a
-// large part of a round trip that is meant to measure the service.
+// large part of a round trip that is meant to measure the service. Packets
+// are read as the simulator's lean devices read them.
 type leanDevice struct {
 	t   testing.TB
 	c   net.Conn
@@ -69,36 +69,7 @@ func (d *leanDevice) write(pk packets.Packet) {
 }
 
 func (d *leanDevice) read() packets.Packet {
-	pk := packets.Packet{ProtocolVersion: 4}
-	err := func() error {
-		hb, err := d.r.ReadByte()
-		if err != nil {
-			return err
-		}
-		if err := pk.FixedHeader.Decode(hb); err != nil {
-			return err
-		}
-		n, _, err := packets.DecodeLength(d.r)
-		if err != nil {
-			return err
-		}
-		pk.FixedHeader.Remaining = n
-		b := make([]byte, n)
-		if _, err := io.ReadFull(d.r, b); err != nil {
-			return err
-		}
-		switch pk.FixedHeader.Type {
-		case packets.Connack:
-			return pk.ConnackDecode(b)
-		case packets.Suback:
-			return pk.SubackDecode(b)
-		case packets.Publish:
-			return pk.PublishDecode(b)
-		case packets.Puback:
-			return pk.PubackDecode(b)
-		}
-		return fmt.Errorf("unexpected packet type %d", pk.FixedHeader.Type)
-	}()
+	pk, err := devicesim.ReadPacket(d.r)
 	if err != nil {
 		d.t.Fatal(err)
 	}
